@@ -1,0 +1,10 @@
+"""Shared test setup: everything offline, deterministic, and sized for 2 CPU cores."""
+
+import os
+
+# albumentations (imported by img2dataset) contacts PyPI on import unless told not to.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+# Nothing in the tests may reach a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")

@@ -1,0 +1,84 @@
+"""The `vlpipe` command: a thin shell over the library.
+
+Subcommands are imported lazily so that `vlpipe --help` and quick commands do not pay for
+importing torch or img2dataset. Each subcommand lives in its own module under `vlpipe/cli/`
+and calls a library function with the same name and options.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from vlpipe import __version__
+from vlpipe.errors import VlpipeError
+
+# name -> (module, attribute, one-line help shown in `vlpipe --help`)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "fetch": ("vlpipe.cli.fetch", "fetch", "Download image-text pairs with img2dataset; drop and explain broken images."),
+    "build-cache": ("vlpipe.cli.cache", "build_cache", "Tokenize and patchify once into a memory-mapped cache."),
+    "cache": ("vlpipe.cli.cache", "cache", "Inspect a cache: verify checksums, show info, draw a contact sheet."),
+    "train": ("vlpipe.cli.train", "train", "Pretrain (MLM, alignment, MIM) or fine-tune on a cache."),
+    "plot": ("vlpipe.cli.train", "plot", "Redraw the loss/accuracy plots of a run directory."),
+    "bench": ("vlpipe.cli.bench", "bench", "Measure vlpipe's loader against JPEG-decoding loaders."),
+    "demo": ("vlpipe.cli.demo", "demo", "Run the whole pipeline offline on an embedded dataset."),
+}
+
+
+class LazyGroup(click.Group):
+    """A click group that imports a subcommand's module only when that subcommand runs."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module_name, attr, _ = COMMANDS[cmd_name]
+        return getattr(importlib.import_module(module_name), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, help_text) for name, (_, _, help_text) in COMMANDS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="vlpipe")
+def cli() -> None:
+    """vlpipe: data-pipeline-first vision-language pretraining.
+
+    \b
+    The pipeline, one command per stage:
+      vlpipe fetch cc --subset 200k      download Conceptual Captions (img2dataset)
+      vlpipe build-cache SRC --out DIR   tokenize + patchify once, memory-mapped
+      vlpipe train pretrain --cache DIR  MLM + alignment + masked-image modelling
+      vlpipe bench dataloader --cache DIR
+    Try `vlpipe demo` for all of it offline in a few minutes.
+    """
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors become one line on stderr and exit code 1, without a traceback."""
+    try:
+        rc = cli.main(args=argv, prog_name="vlpipe", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except VlpipeError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    # Non-standalone click returns the exit code of `ctx.exit(n)`; commands themselves return None.
+    sys.exit(rc if isinstance(rc, int) else 0)
+
+
+if __name__ == "__main__":
+    main()
