@@ -1,0 +1,266 @@
+"""The cache format v1 as Python objects: names, paths and a typed view of manifest.json.
+
+docs/cache-format.md is the contract; this module mirrors it so that the writer, the reader,
+verify and info agree on every name and field. Anyone may still read a cache with numpy and
+pyarrow alone: nothing here is needed to *read* the arrays, only to avoid spelling them twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vlpipe.errors import VlpipeError
+
+FORMAT_NAME = "vlpipe-cache"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+TOKENIZER_FILE = "tokenizer.json"
+SKIPPED_FILE = "skipped.parquet"
+SHARDS_DIR = "shards"
+# Per-shard record written after a shard's four files are complete; lets a rerun skip the shard.
+DONE_FILE = "done.json"
+# The file kinds of one shard, in the order they appear in the manifest.
+SHARD_FILES: dict[str, str] = {
+    "images": "images.npy",
+    "tokens": "tokens.npy",
+    "lengths": "lengths.npy",
+    "meta": "meta.parquet",
+}
+LABELS_FILE = "labels.npy"
+PATCH_LAYOUT = "row-major patches; each patch flattened (patch_row, patch_col, channel)"
+# CLIP's per-channel statistics in [0, 1] units: the model normalizes uint8 pixels on the device.
+DEFAULT_MEAN = (0.48145466, 0.4578275, 0.40821073)
+DEFAULT_STD = (0.26862954, 0.26130258, 0.27577711)
+META_COLUMNS = ("key", "caption", "url", "width", "height", "sha256", "split")
+SPLITS = ("train", "val", "test")
+
+
+def shard_name(index: int) -> str:
+    """Shard directories are numbered with five digits so they sort in build order."""
+    return f"{index:05d}"
+
+
+def shard_dir(cache_dir: str | os.PathLike[str], name: str) -> Path:
+    return Path(cache_dir) / SHARDS_DIR / name
+
+
+def shard_file_relpath(name: str, kind: str) -> str:
+    """Path of one shard file relative to the cache root, with forward slashes as in the manifest."""
+    return f"{SHARDS_DIR}/{name}/{SHARD_FILES[kind]}"
+
+
+def token_dtype(vocab_size: int) -> str:
+    """uint16 halves the token bytes; only vocabularies past 65535 ids need uint32."""
+    return "uint16" if vocab_size <= 65535 else "uint32"
+
+
+def split_of(key: str, val_fraction: float) -> str:
+    """`val` or `train` as a pure function of the key, so splits survive rebuilds and reshuffles."""
+    h = int(hashlib.sha256(key.encode("utf-8")).hexdigest()[:16], 16)
+    return "val" if h / 2**64 < val_fraction else "train"
+
+
+class _Fields:
+    """Reads required fields from a JSON object, naming the full field path when one is wrong."""
+
+    def __init__(self, obj: Any, where: str, source: str):
+        if not isinstance(obj, dict):
+            raise VlpipeError(f"{source}: field {where or 'root'!r} must be a JSON object")
+        self.obj, self.where, self.source = obj, where, source
+
+    def _name(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def get(self, key: str, types: type | tuple[type, ...]) -> Any:
+        if key not in self.obj:
+            raise VlpipeError(f"{self.source}: missing field {self._name(key)!r}")
+        value = self.obj[key]
+        # bool is an int subclass in Python; a manifest saying `"vocab_size": true` is still wrong.
+        if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+            raise VlpipeError(f"{self.source}: field {self._name(key)!r} has the wrong type")
+        if not isinstance(value, types):
+            raise VlpipeError(f"{self.source}: field {self._name(key)!r} has the wrong type")
+        return value
+
+    def sub(self, key: str) -> _Fields:
+        return _Fields(self.get(key, dict), self._name(key), self.source)
+
+
+_NUM = (int, float)
+
+
+@dataclass
+class ImageSpec:
+    image_size: int
+    patch_size: int
+    grid: int
+    num_patches: int
+    patch_dim: int
+    dtype: str = "uint8"
+    layout: str = PATCH_LAYOUT
+    mean: list[float] = field(default_factory=lambda: list(DEFAULT_MEAN))
+    std: list[float] = field(default_factory=lambda: list(DEFAULT_STD))
+
+    @classmethod
+    def create(cls, image_size: int, patch_size: int) -> ImageSpec:
+        grid = image_size // patch_size
+        return cls(image_size, patch_size, grid, grid * grid, patch_size * patch_size * 3)
+
+    @classmethod
+    def _parse(cls, f: _Fields) -> ImageSpec:
+        return cls(
+            image_size=f.get("image_size", int), patch_size=f.get("patch_size", int),
+            grid=f.get("grid", int), num_patches=f.get("num_patches", int),
+            patch_dim=f.get("patch_dim", int), dtype=f.get("dtype", str), layout=f.get("layout", str),
+            mean=[float(x) for x in f.get("mean", list)], std=[float(x) for x in f.get("std", list)],
+        )
+
+
+@dataclass
+class TextSpec:
+    tokenizer_file: str
+    tokenizer_sha256: str
+    tokenizer_spec: str
+    vocab_size: int
+    max_len: int
+    dtype: str
+    pad_id: int
+    cls_id: int
+    sep_id: int
+    mask_id: int
+    unk_id: int
+
+    @classmethod
+    def _parse(cls, f: _Fields) -> TextSpec:
+        return cls(
+            tokenizer_file=f.get("tokenizer_file", str), tokenizer_sha256=f.get("tokenizer_sha256", str),
+            tokenizer_spec=f.get("tokenizer_spec", str), vocab_size=f.get("vocab_size", int),
+            max_len=f.get("max_len", int), dtype=f.get("dtype", str), pad_id=f.get("pad_id", int),
+            cls_id=f.get("cls_id", int), sep_id=f.get("sep_id", int), mask_id=f.get("mask_id", int),
+            unk_id=f.get("unk_id", int),
+        )
+
+
+@dataclass
+class FileEntry:
+    path: str
+    bytes: int
+    sha256: str
+
+    @classmethod
+    def _parse(cls, f: _Fields) -> FileEntry:
+        return cls(path=f.get("path", str), bytes=f.get("bytes", int), sha256=f.get("sha256", str))
+
+
+@dataclass
+class ShardEntry:
+    name: str
+    num_samples: int
+    source: str
+    files: dict[str, FileEntry]
+
+    def path(self, cache_dir: str | os.PathLike[str], kind: str) -> Path:
+        """Absolute path of one of this shard's files (`images`, `tokens`, `lengths`, `meta`, ...)."""
+        return Path(cache_dir) / self.files[kind].path
+
+    @classmethod
+    def _parse(cls, f: _Fields) -> ShardEntry:
+        files_f = f.sub("files")
+        files = {kind: FileEntry._parse(files_f.sub(kind)) for kind in files_f.obj}
+        for kind in SHARD_FILES:
+            if kind not in files:
+                raise VlpipeError(f"{f.source}: missing field {files_f._name(kind)!r}")
+        return cls(name=f.get("name", str), num_samples=f.get("num_samples", int),
+                   source=f.get("source", str), files=files)
+
+
+@dataclass
+class Manifest:
+    num_samples: int
+    image: ImageSpec
+    text: TextSpec
+    splits: dict[str, int]
+    shards: list[ShardEntry]
+    labels: dict[str, Any] | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
+    format: str = FORMAT_NAME
+    version: int = FORMAT_VERSION
+
+    def shard_offsets(self) -> list[int]:
+        """Global index of each shard's first sample (samples are numbered in shard order)."""
+        offsets, total = [], 0
+        for shard in self.shards:
+            offsets.append(total)
+            total += shard.num_samples
+        return offsets
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest.json object, keys in the documented order."""
+        return {
+            "format": self.format, "version": self.version, "num_samples": self.num_samples,
+            "image": asdict(self.image), "text": asdict(self.text), "splits": dict(self.splits),
+            "shards": [asdict(s) for s in self.shards], "labels": self.labels,
+            "provenance": self.provenance, "skipped": dict(self.skipped),
+        }
+
+    @classmethod
+    def from_dict(cls, obj: Any, source: str = MANIFEST) -> Manifest:
+        """Parse and check a manifest object; VlpipeError names the first missing or wrong field."""
+        f = _Fields(obj, "", source)
+        fmt = f.get("format", str)
+        if fmt != FORMAT_NAME:
+            raise VlpipeError(f"{source}: format is {fmt!r}, expected {FORMAT_NAME!r}")
+        version = f.get("version", int)
+        if version != FORMAT_VERSION:
+            raise VlpipeError(
+                f"{source}: cache format version {version} is not supported (this vlpipe reads "
+                f"version {FORMAT_VERSION}); rebuild it with `vlpipe build-cache`"
+            )
+        shards_raw = f.get("shards", list)
+        shards = [ShardEntry._parse(_Fields(s, f"shards[{i}]", source)) for i, s in enumerate(shards_raw)]
+        labels = obj.get("labels")
+        if labels is not None and not isinstance(labels, dict):
+            raise VlpipeError(f"{source}: field 'labels' must be null or a JSON object")
+        manifest = cls(
+            num_samples=f.get("num_samples", int),
+            image=ImageSpec._parse(f.sub("image")),
+            text=TextSpec._parse(f.sub("text")),
+            splits={str(k): int(v) for k, v in f.get("splits", dict).items()},
+            shards=shards,
+            labels=labels,
+            provenance=dict(obj.get("provenance") or {}),
+            skipped={str(k): int(v) for k, v in (obj.get("skipped") or {}).items()},
+            format=fmt,
+            version=version,
+        )
+        total = sum(s.num_samples for s in shards)
+        if total != manifest.num_samples:
+            raise VlpipeError(
+                f"{source}: num_samples is {manifest.num_samples} but the shards hold {total} samples"
+            )
+        return manifest
+
+
+def load_manifest(cache_dir: str | os.PathLike[str]) -> Manifest:
+    """Open a cache's manifest; a directory without one is an unfinished build, never a cache."""
+    root = Path(cache_dir)
+    if not root.exists():
+        raise VlpipeError(f"{root}: no such cache directory")
+    if not root.is_dir():
+        raise VlpipeError(f"{root}: is not a directory (expected a vlpipe cache directory)")
+    path = root / MANIFEST
+    if not path.is_file():
+        raise VlpipeError(
+            f"{root} is not a complete vlpipe cache (no {MANIFEST}); rerun `vlpipe build-cache`"
+        )
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise VlpipeError(f"{path}: malformed JSON ({exc})") from None
+    return Manifest.from_dict(obj, source=str(path))
