@@ -1,0 +1,32 @@
+"""The lean vision-language model: ViT on uint8 patches + BERT + ViLBERT co-attention.
+
+    from vlpipe.model import build_model
+    model = build_model("tiny", vocab_size=8000, image_size=64, patch_size=8, max_len=32)
+    out = model(images_u8, input_ids, attention_mask)
+
+See docs/model.md for the architecture, the presets and importing pretrained weights.
+"""
+
+from vlpipe.model.config import (
+    PRESETS,
+    CoAttentionConfig,
+    HeadsConfig,
+    ModelConfig,
+    TextConfig,
+    VisionConfig,
+    make_config,
+)
+from vlpipe.model.vilbert import ModelOutput, ViLBERT, build_model
+
+__all__ = [
+    "PRESETS",
+    "CoAttentionConfig",
+    "HeadsConfig",
+    "ModelConfig",
+    "ModelOutput",
+    "TextConfig",
+    "ViLBERT",
+    "VisionConfig",
+    "build_model",
+    "make_config",
+]

@@ -1,0 +1,149 @@
+"""The two-stream model: ViT + BERT joined by co-attention, the pretraining heads, and `build_model`.
+
+One forward pass serves every pretraining task: the heads are small modules the trainer applies to
+the outputs it needs (MLM on text tokens, alignment on the pooled pair, MIM on image tokens).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vlpipe.model.config import ModelConfig, apply_overrides, make_config
+from vlpipe.model.layers import activation, init_weights, run_block
+from vlpipe.model.text import CoAttentionLayer, TextStream
+from vlpipe.model.vit import ViT
+
+
+@dataclass
+class ModelOutput:
+    text: Tensor  # (B, L, Ht)
+    image: Tensor  # (B, 1 + P, Hv), index 0 = CLS
+    pooled_text: Tensor  # (B, Ht)
+    pooled_image: Tensor  # (B, Hv)
+
+
+class Pooler(nn.Module):
+    """BERT's pooler: tanh(Linear(first token)). Used for both streams (the text one loads from BERT)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(dim, dim)
+
+    def forward(self, first_token: Tensor) -> Tensor:
+        return torch.tanh(self.dense(first_token))
+
+
+class MLMHead(nn.Module):
+    """BERT's MLM transform (dense, act, LN); the decoder reuses the word embedding matrix.
+
+    The tied weight is passed in at call time instead of being registered twice, so the state dict
+    holds each tensor once and safetensors can save it as is.
+    """
+
+    def __init__(self, dim: int, vocab_size: int, act: str, eps: float) -> None:
+        super().__init__()
+        self.dense = nn.Linear(dim, dim)
+        self.act = activation(act)
+        self.norm = nn.LayerNorm(dim, eps=eps)
+        self.bias = nn.Parameter(torch.zeros(vocab_size))
+
+    def forward(self, x: Tensor, word_embeddings: Tensor) -> Tensor:
+        return F.linear(self.norm(self.act(self.dense(x))), word_embeddings, self.bias)
+
+
+class AlignHead(nn.Module):
+    """One logit per (caption, image) pair: do they belong together?
+
+    "product" is ViLBERT's: element-wise product of the pooled vectors, then a Linear (the image side
+    is projected first when the two streams differ in width); "concat" feeds both to a small MLP.
+    """
+
+    def __init__(self, text_dim: int, image_dim: int, mode: str, dropout: float) -> None:
+        super().__init__()
+        self.mode = mode
+        self.drop = nn.Dropout(dropout)
+        if mode == "product":
+            self.image_proj = nn.Identity() if image_dim == text_dim else nn.Linear(image_dim, text_dim)
+            self.classifier = nn.Sequential(nn.Linear(text_dim, 1))
+        else:
+            self.classifier = nn.Sequential(nn.Linear(text_dim + image_dim, text_dim), nn.GELU(),
+                                            nn.Linear(text_dim, 1))
+
+    def forward(self, pooled_text: Tensor, pooled_image: Tensor) -> Tensor:
+        if self.mode == "product":
+            joint = pooled_text * self.image_proj(pooled_image)
+        else:
+            joint = torch.cat([pooled_text, pooled_image], dim=-1)
+        return self.classifier(self.drop(joint)).squeeze(-1)
+
+
+class MIMHead(nn.Module):
+    """Projects image tokens into the space where masked patches are contrasted with their targets."""
+
+    def __init__(self, dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, out_dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class ViLBERT(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        v, t, c = config.vision, config.text, config.coattn
+        self.vision = ViT(v, config.grad_checkpointing)
+        self.text = TextStream(t, config.grad_checkpointing)
+        self.coattn = nn.ModuleList(CoAttentionLayer(t, v, c) for _ in c.text_layers)
+        self.text_pooler = Pooler(t.hidden)
+        self.image_pooler = Pooler(v.hidden)
+        self.mlm = MLMHead(t.hidden, t.vocab_size, t.act, t.norm_eps)
+        self.align_head = AlignHead(t.hidden, v.hidden, config.heads.align, config.heads.dropout)
+        self.mim_head = MIMHead(v.hidden, config.heads.mim_dim)
+        self.apply(init_weights)
+        for p in (self.vision.cls_token, self.vision.mask_token, self.vision.pos_embed):
+            nn.init.trunc_normal_(p, std=0.02, a=-0.04, b=0.04)
+
+    def forward(self, images: Tensor, input_ids: Tensor, attention_mask: Tensor | None = None,
+                patch_mask: Tensor | None = None, token_type_ids: Tensor | None = None) -> ModelOutput:
+        """images uint8 (B, P, p*p*3); input_ids (B, L); attention_mask bool (B, L), True = real token."""
+        mask = None if attention_mask is None else attention_mask.bool()
+        t = self.text.embeddings(input_ids, token_type_ids)
+        v = self.vision.embed(images, patch_mask)
+        t_at = v_at = 0
+        for layer, t_end, v_end in zip(self.coattn, self.config.coattn.text_layers,
+                                       self.config.coattn.image_layers, strict=True):
+            t, v = self.text.run(t, mask, t_at, t_end), self.vision.run(v, v_at, v_end)
+            t, v = run_block(layer, t, v, mask, checkpointing=self.config.grad_checkpointing)
+            t_at, v_at = t_end, v_end
+        t = self.text.run(t, mask, t_at, len(self.text.layers))
+        v = self.vision.norm(self.vision.run(v, v_at, len(self.vision.blocks)))
+        return ModelOutput(text=t, image=v, pooled_text=self.text_pooler(t[:, 0]),
+                           pooled_image=self.image_pooler(v[:, 0]))
+
+    def mlm_head(self, text: Tensor) -> Tensor:
+        """(B, L, Ht) -> (B, L, V) logits, decoded with the word embedding matrix (tied weights)."""
+        return self.mlm(text, self.text.embeddings.word.weight)
+
+    def encode_image(self, images: Tensor, patch_mask: Tensor | None = None) -> Tensor:
+        """The image stream alone, no co-attention: (B, 1 + P, Hv). Targets for MIM come from here."""
+        return self.vision(images, patch_mask)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def build_model(preset: str | ModelConfig = "base", **overrides: Any) -> ViLBERT:
+    """The one way to build a model: a preset name (`tiny`, `base`, `vilbert`) or a saved
+    `ModelConfig`, plus overrides such as `vocab_size=`, `image_size=`, `patch_size=`, `max_len=`,
+    `pixel_mean=`, `pixel_std=`, `dropout=`, `text_layers=` or nested `vision={...}` (see config.py)."""
+    if isinstance(preset, ModelConfig):
+        return ViLBERT(apply_overrides(preset, overrides))
+    return ViLBERT(make_config(preset, **overrides))
