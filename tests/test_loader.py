@@ -1,0 +1,117 @@
+"""CacheLoader: every mode delivers the sampler's batches in order, resumes, and shuts down cleanly."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+
+import numpy as np
+import pytest
+import torch
+from test_reader import write_cache
+
+from vlpipe.cache import CacheDataset, CacheLoader, CacheSampler
+from vlpipe.errors import VlpipeError
+
+torch.set_num_threads(1)
+
+MODES = ["inline", "threads", "processes"]
+
+
+@pytest.fixture
+def cache(tmp_path):
+    ref = write_cache(tmp_path, shard_sizes=(9, 13, 6, 12))
+    return CacheDataset(tmp_path, split=None), ref
+
+
+def _gather_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("vlpipe-gather")]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_delivers_sampler_batches_in_order(cache, mode, shuffle):
+    ds, ref = cache
+    sampler = CacheSampler(len(ds), shuffle=shuffle, seed=4)
+    expected = sampler.batches(5, drop_last=False)
+    loader = CacheLoader(ds, batch_size=5, sampler=sampler, mode=mode, workers=2, drop_last=False)
+    assert len(loader) == len(expected) == 8
+    seen = 0
+    for batch, indices in zip(loader, expected, strict=True):
+        assert batch["index"].tolist() == indices.tolist()
+        assert np.array_equal(batch["images"].numpy(), ref["images"][indices])
+        assert np.array_equal(batch["input_ids"].numpy(), ref["tokens"][indices].astype(np.int64))
+        assert np.array_equal(batch["lengths"].numpy(), ref["lengths"][indices].astype(np.int64))
+        seen += 1
+        assert sampler.position == sum(len(b) for b in expected[:seen])  # advanced on delivery
+    assert seen == len(expected)
+    assert not _gather_threads()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_previous_batch_stays_valid_and_drop_last(cache, mode):
+    ds, ref = cache
+    loader = CacheLoader(ds, batch_size=8, sampler=CacheSampler(len(ds), seed=1), mode=mode, workers=2)
+    assert len(loader) == 5
+    previous = None
+    for batch in loader:
+        if previous is not None:
+            # The ownership rule: the previous batch is intact while the current one is in use.
+            assert np.array_equal(previous[0]["images"].numpy(), ref["images"][previous[1]])
+        previous = (batch, batch["index"].numpy().copy())
+        assert len(batch["index"]) == 8
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_break_then_resume_from_state_dict(cache, mode):
+    ds, _ref = cache
+    sampler = CacheSampler(len(ds), seed=9)
+    sampler.set_epoch(3)
+    full = [b.tolist() for b in sampler.batches(4, drop_last=True)]
+    loader = CacheLoader(ds, batch_size=4, sampler=sampler, mode=mode, workers=2)
+    got = []
+    for batch in loader:
+        got.append(batch["index"].tolist())
+        if len(got) == 3:
+            state = loader.state_dict()
+            break
+    assert not _gather_threads() and not multiprocessing.active_children()
+    resumed = CacheLoader(ds, batch_size=4, sampler=CacheSampler(len(ds), seed=9), mode=mode, workers=2)
+    resumed.load_state_dict(state)
+    rest = [b["index"].tolist() for b in resumed]
+    assert got + rest == full
+
+
+@pytest.mark.parametrize("mode", ["threads", "processes"])
+def test_worker_error_propagates_with_its_message(cache, mode, monkeypatch):
+    ds, _ref = cache
+    loader = CacheLoader(ds, batch_size=4, sampler=CacheSampler(len(ds), seed=0), mode=mode, workers=2)
+    original = ds.gather
+
+    def failing(indices, *args, **kwargs):
+        if 5 in np.asarray(indices).tolist():
+            raise ValueError("boom at sample 5")
+        return original(indices, *args, **kwargs)
+
+    monkeypatch.setattr(ds, "gather", failing)
+    with pytest.raises((ValueError, RuntimeError), match="boom at sample 5"):
+        for _ in loader:
+            pass
+    assert not _gather_threads()
+
+
+def test_pin_memory_without_cuda_is_ignored(cache):
+    ds, _ref = cache
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: pinning is real here")
+    with pytest.warns(UserWarning, match="pin_memory"):
+        loader = CacheLoader(ds, batch_size=4, pin_memory=True)
+    assert not loader.pin_memory and len(list(loader)) == 10
+
+
+def test_worker_that_cannot_start_reports_the_file(cache):
+    ds, _ref = cache
+    (ds.cache_dir / "shards" / "00002" / "images.npy").unlink()  # the parent's map stays usable
+    loader = CacheLoader(ds, batch_size=4, mode="processes", workers=2)
+    with pytest.raises(VlpipeError, match=r"00002/images\.npy: file is missing"):
+        next(iter(loader))

@@ -1,0 +1,196 @@
+"""CacheDataset on tiny caches written by hand from docs/cache-format.md (numpy + pyarrow only)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from vlpipe.cache import CacheDataset
+from vlpipe.errors import VlpipeError
+
+torch.set_num_threads(1)
+
+PATCHES, PATCH_DIM, MAX_LEN, PAD = 4, 12, 6, 0
+
+
+def write_cache(root: Path, shard_sizes=(5, 7, 4), labels: bool = False, seed: int = 0) -> dict[str, np.ndarray]:
+    """Write a cache per the format doc; return the concatenated arrays and splits for checking."""
+    rng = np.random.default_rng(seed)
+    shards, everything, total = [], {"images": [], "tokens": [], "lengths": [], "split": [], "labels": []}, 0
+    for k, n in enumerate(shard_sizes):
+        name = f"{k:05d}"
+        d = root / "shards" / name
+        d.mkdir(parents=True)
+        lengths = rng.integers(2, MAX_LEN + 1, size=n).astype(np.uint16)
+        tokens = rng.integers(5, 100, size=(n, MAX_LEN)).astype(np.uint16)
+        tokens[np.arange(MAX_LEN)[None, :] >= lengths[:, None]] = PAD
+        arrays = {"images": rng.integers(0, 256, size=(n, PATCHES, PATCH_DIM), dtype=np.uint8),
+                  "tokens": tokens, "lengths": lengths}
+        if labels:
+            arrays["labels"] = rng.integers(0, 3, size=n).astype(np.int64)
+        keys = [f"s{k}-{i}" for i in range(n)]
+        split = ["val" if (total + i) % 4 == 1 else "train" for i in range(n)]
+        files = {}
+        for kind, arr in arrays.items():
+            np.save(d / f"{kind}.npy", arr)
+        pq.write_table(pa.table({
+            "key": keys, "caption": [f"caption of {key}" for key in keys], "url": [None] * n,
+            "width": pa.array([64] * n, pa.int32()), "height": pa.array([48] * n, pa.int32()),
+            "sha256": ["0" * 64] * n, "split": split,
+        }), d / "meta.parquet")
+        for kind in (*arrays, "meta"):
+            path = d / (f"{kind}.npy" if kind != "meta" else "meta.parquet")
+            files[kind] = {"path": str(path.relative_to(root)), "bytes": path.stat().st_size,
+                           "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+        shards.append({"name": name, "num_samples": n, "source": f"{name}.tar", "files": files})
+        for kind, arr in arrays.items():
+            everything[kind].append(arr)
+        everything["split"].append(np.array(split))
+        total += n
+    out = {k: np.concatenate(v) for k, v in everything.items() if v}
+    manifest = {
+        "format": "vlpipe-cache", "version": 1, "num_samples": total,
+        "image": {"image_size": 4, "patch_size": 2, "grid": 2, "num_patches": PATCHES, "patch_dim": PATCH_DIM,
+                  "dtype": "uint8", "layout": "row-major patches; each patch flattened (patch_row, patch_col, channel)",
+                  "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
+        "text": {"tokenizer_file": "tokenizer.json", "tokenizer_sha256": "0" * 64, "tokenizer_spec": "wordpiece:100",
+                 "vocab_size": 100, "max_len": MAX_LEN, "dtype": "uint16",
+                 "pad_id": PAD, "cls_id": 2, "sep_id": 3, "mask_id": 4, "unk_id": 1},
+        "splits": {"train": int((out["split"] == "train").sum()), "val": int((out["split"] == "val").sum())},
+        "shards": shards, "labels": {"kind": "class"} if labels else None,
+        "provenance": {}, "skipped": {},
+    }
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+@pytest.fixture
+def cache(tmp_path):
+    return tmp_path, write_cache(tmp_path)
+
+
+def test_contiguous_batch_is_a_view_of_the_memmap(cache):
+    root, ref = cache
+    ds = CacheDataset(root, split=None)
+    batch = ds.__getitems__([6, 7, 8, 9])  # inside shard 1 (global 5..11)
+    mm = ds._arrays[1]["images"]
+    lo, hi = mm.ctypes.data, mm.ctypes.data + mm.nbytes
+    assert lo <= batch["images"].data_ptr() < hi
+    assert np.shares_memory(batch["images"].numpy(), mm)
+    assert np.array_equal(batch["images"].numpy(), ref["images"][6:10])
+    assert batch["input_ids"].dtype == torch.int64 and batch["lengths"].dtype == torch.int64
+    assert np.array_equal(batch["input_ids"].numpy(), ref["tokens"][6:10].astype(np.int64))
+
+
+@pytest.mark.parametrize("indices", [[15, 0, 7, 3, 11, 5, 12], [9, 6, 8], [4, 4, 0], [11, 12]])
+def test_random_batch_equals_numpy_indexing(cache, indices):
+    root, ref = cache
+    ds = CacheDataset(root, split=None)
+    batch = ds.__getitems__(indices)
+    assert batch["images"].shape == (len(indices), PATCHES, PATCH_DIM) and batch["images"].dtype == torch.uint8
+    assert np.array_equal(batch["images"].numpy(), ref["images"][indices])
+    assert np.array_equal(batch["input_ids"].numpy(), ref["tokens"][indices].astype(np.int64))
+    assert np.array_equal(batch["lengths"].numpy(), ref["lengths"][indices].astype(np.int64))
+    assert batch["index"].tolist() == indices
+    assert "labels" not in batch
+
+
+def test_gather_into_preallocated_output_with_scratch(cache):
+    root, ref = cache
+    ds = CacheDataset(root, split=None)
+    out = ds.new_batch(8)
+    scratch = np.empty((8, PATCHES, PATCH_DIM), np.uint8)
+    indices = np.array([13, 2, 9, 0, 15])
+    batch = ds.gather(indices, out=out, scratch=scratch, views=False)
+    assert batch["images"].data_ptr() == out["images"].data_ptr()
+    assert np.array_equal(out["images"][:5].numpy(), ref["images"][indices])
+    contiguous = ds.gather([1, 2, 3], out=out, views=False)  # copied, not a view, when views=False
+    assert contiguous["images"].data_ptr() == out["images"].data_ptr()
+    assert np.array_equal(out["images"][:3].numpy(), ref["images"][1:4])
+
+
+def test_split_maps_local_to_global(cache):
+    root, ref = cache
+    train, val, everything = (CacheDataset(root, split=s) for s in ("train", "val", None))
+    assert len(everything) == 16
+    assert len(train) + len(val) == 16
+    val_global = np.flatnonzero(ref["split"] == "val")
+    assert len(val) == len(val_global)
+    batch = val.__getitems__(list(range(len(val)))[::-1])
+    assert batch["index"].tolist() == val_global[::-1].tolist()
+    assert np.array_equal(batch["images"].numpy(), ref["images"][val_global[::-1]])
+    assert train.global_indices(np.arange(len(train))).tolist() == np.flatnonzero(ref["split"] == "train").tolist()
+    assert val.captions([0, 2]) == [f"caption of {k}" for k in val.meta([0, 2], columns=["key"]).column("key").to_pylist()]
+
+
+def test_single_item_meta_and_conveniences(cache):
+    root, ref = cache
+    ds = CacheDataset(root, split=None)
+    item = ds[12]
+    assert item["images"].shape == (PATCHES, PATCH_DIM) and int(item["index"]) == 12
+    assert np.array_equal(item["images"].numpy(), ref["images"][12])
+    assert ds.captions([12, 0]) == ["caption of s2-0", "caption of s0-0"]
+    assert ds.pad_id == PAD and ds.max_len == MAX_LEN and ds.manifest.num_samples == 16
+    with pytest.raises(IndexError):
+        ds.__getitems__([16])
+
+
+def test_labels_are_returned_when_present(tmp_path):
+    ref = write_cache(tmp_path, labels=True)
+    ds = CacheDataset(tmp_path, split=None)
+    batch = ds.__getitems__([14, 1, 6])
+    assert batch["labels"].dtype == torch.int64
+    assert batch["labels"].tolist() == ref["labels"][[14, 1, 6]].tolist()
+
+
+def test_release_pages_keeps_data_and_views_valid(cache):
+    root, ref = cache
+    ds = CacheDataset(root, split=None, resident_limit=1)  # release after every gather
+    view = ds.__getitems__([0, 1, 2])["images"]
+    for _ in range(3):
+        batch = ds.__getitems__([15, 3, 8])
+        assert np.array_equal(batch["images"].numpy(), ref["images"][[15, 3, 8]])
+    assert np.array_equal(view.numpy(), ref["images"][0:3])
+
+
+def test_pickle_reopens_the_maps(cache):
+    root, ref = cache
+    ds = pickle.loads(pickle.dumps(CacheDataset(root, split="val")))
+    assert np.array_equal(ds.__getitems__([0])["images"].numpy(), ref["images"][[ds.global_indices([0])[0]]])
+
+
+def test_truncated_npy_is_refused_naming_the_file(cache):
+    root, _ref = cache
+    path = root / "shards" / "00001" / "images.npy"
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(VlpipeError, match=r"00001/images\.npy.*bytes"):
+        CacheDataset(root)
+
+
+def test_wrong_shape_and_missing_files_are_refused(tmp_path):
+    write_cache(tmp_path)
+    tokens = tmp_path / "shards" / "00000" / "tokens.npy"
+    # Same byte size, different shape: only the header check can notice.
+    np.save(tokens, np.zeros((MAX_LEN, 5), np.uint16))
+    with pytest.raises(VlpipeError, match=r"00000/tokens\.npy.*expected uint16\[5, 6\]"):
+        CacheDataset(tmp_path)
+    tokens.unlink()
+    with pytest.raises(VlpipeError, match=r"00000/tokens\.npy: file is missing"):
+        CacheDataset(tmp_path)
+
+
+def test_unknown_split_and_incomplete_cache(cache):
+    root, _ref = cache
+    with pytest.raises(VlpipeError, match="no split 'test'"):
+        CacheDataset(root, split="test")
+    (root / "manifest.json").unlink()
+    with pytest.raises(VlpipeError, match="not a complete vlpipe cache"):
+        CacheDataset(root)

@@ -1,0 +1,357 @@
+"""Zero-copy, batched reads of a cache: memory-mapped arrays in, torch tensors out.
+
+Every shard's arrays are opened with `np.load(mmap_mode="r")`, so opening a cache reads only
+headers, and a batch costs one gather per shard it touches: indices are grouped by shard with
+numpy (searchsorted over shard offsets) and copied with `np.take`, which releases the GIL, so
+gather threads run in parallel. A batch of consecutive samples inside one shard is not copied
+at all: its image tensor is a view of the memory map.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import resource
+import threading
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from vlpipe.cache.format import Manifest, load_manifest
+from vlpipe.errors import VlpipeError
+
+ARRAY_KINDS = ("images", "tokens", "lengths")
+# File-backed pages a gather touches stay mapped into this process and count towards its RSS,
+# although they belong to the shared page cache. Past this many gathered bytes the mappings are
+# told to drop them (MADV_DONTNEED: the page cache keeps the data, only this process's page
+# tables forget it), so RSS stays bounded however large the cache is.
+DEFAULT_RESIDENT_LIMIT = 256 << 20
+
+
+def _check_size(path: Path, expected: int) -> None:
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise VlpipeError(f"{path}: file is missing; the cache is damaged (run `vlpipe cache verify`)") from None
+    if size != expected:
+        raise VlpipeError(
+            f"{path}: {size} bytes but the manifest records {expected} (truncated or modified; "
+            "run `vlpipe cache verify` and rebuild the cache)"
+        )
+
+
+def _open_npy(path: Path, shape: tuple[int, ...], dtypes: tuple[str, ...]) -> np.memmap:
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise VlpipeError(f"{path}: not a readable .npy file ({exc})") from None
+    if not isinstance(arr, np.memmap):
+        raise VlpipeError(f"{path}: could not be memory-mapped")
+    if arr.shape != shape or arr.dtype.name not in dtypes:
+        raise VlpipeError(
+            f"{path}: array is {arr.dtype.name}{list(arr.shape)}, expected "
+            f"{'/'.join(dtypes)}{list(shape)} from the manifest"
+        )
+    return arr
+
+
+def _ensure_fd_limit(needed: int) -> None:
+    """Each memory map keeps its own file descriptor; a cache of thousands of shards needs many."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = needed + 256
+    if want <= soft:
+        return
+    if hard != resource.RLIM_INFINITY and want > hard:
+        raise VlpipeError(
+            f"opening this cache maps {needed} files but the open-file limit is {hard}; "
+            "raise it (ulimit -n) or rebuild with fewer, larger shards"
+        )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+def _readonly_tensor(arr: np.ndarray) -> torch.Tensor:
+    """A tensor sharing `arr`'s read-only memory (callers must not write to it)."""
+    return torch.from_numpy(arr)
+
+
+class CacheDataset:
+    """Map-style dataset over one split of a cache; `__getitems__` returns a batch dict.
+
+    Batches hold `images` uint8 (B, num_patches, patch_dim), `input_ids` int64 (B, max_len),
+    `lengths` int64 (B,), `index` int64 (B,) (global sample numbers) and `labels` when the cache
+    has them. Images are not normalized: the model does that on the device.
+    """
+
+    def __init__(
+        self,
+        cache_dir: str | os.PathLike[str],
+        split: str | None = "train",
+        resident_limit: int = DEFAULT_RESIDENT_LIMIT,
+    ) -> None:
+        self.cache_dir = Path(cache_dir)
+        self.manifest: Manifest = load_manifest(self.cache_dir)
+        self.split = split
+        self.resident_limit = int(resident_limit)
+        m = self.manifest
+        self._offsets = np.asarray([*m.shard_offsets(), m.num_samples], dtype=np.int64)
+        with_labels = ["labels" in s.files for s in m.shards]
+        if any(with_labels) and not all(with_labels):
+            raise VlpipeError(f"{self.cache_dir}: only some shards have labels; rebuild the cache")
+        self.has_labels = bool(with_labels) and all(with_labels)
+        self._kinds = (*ARRAY_KINDS, "labels") if self.has_labels else ARRAY_KINDS
+        _ensure_fd_limit(len(m.shards) * len(self._kinds))
+        self._arrays: list[dict[str, np.memmap]] = []
+        self._open_arrays()
+        # Positions in the split -> global sample numbers; None means the identity (all samples).
+        self._global: np.ndarray | None = None if split is None else self._split_map(split)
+        self._gathered = 0
+        self._release_lock = threading.Lock()
+        # torch warns once per process that a tensor over read-only memory must not be written;
+        # our views are documented as read-only, so take that one warning here, silently.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            probe = np.zeros(1, dtype=np.uint8)
+            probe.flags.writeable = False
+            _readonly_tensor(probe)
+
+    # -- opening ---------------------------------------------------------------------------
+
+    def _open_arrays(self) -> None:
+        m = self.manifest
+        img, txt = m.image, m.text
+        arrays = []
+        for shard in m.shards:
+            n = shard.num_samples
+            for entry in shard.files.values():
+                _check_size(self.cache_dir / entry.path, entry.bytes)
+            opened = {
+                "images": _open_npy(shard.path(self.cache_dir, "images"), (n, img.num_patches, img.patch_dim), ("uint8",)),
+                "tokens": _open_npy(shard.path(self.cache_dir, "tokens"), (n, txt.max_len), (txt.dtype,)),
+                "lengths": _open_npy(shard.path(self.cache_dir, "lengths"), (n,), ("uint16",)),
+            }
+            if self.has_labels:
+                path = shard.path(self.cache_dir, "labels")
+                try:
+                    labels = np.load(path, mmap_mode="r", allow_pickle=False)
+                except (ValueError, OSError, EOFError) as exc:
+                    raise VlpipeError(f"{path}: not a readable .npy file ({exc})") from None
+                if labels.shape[:1] != (n,) or labels.ndim > 2 or labels.dtype.name not in ("int64", "uint8"):
+                    raise VlpipeError(f"{path}: labels are {labels.dtype.name}{list(labels.shape)}, "
+                                      f"expected int64[{n}] or uint8[{n}, num_labels]")
+                opened["labels"] = labels
+            arrays.append(opened)
+        self._arrays = arrays
+
+    def _split_map(self, split: str) -> np.ndarray:
+        if split not in self.manifest.splits:
+            names = ", ".join(f"{k} ({v})" for k, v in self.manifest.splits.items()) or "none"
+            raise VlpipeError(f"{self.cache_dir}: no split {split!r} in this cache (it has: {names})")
+        parts = []
+        for shard, offset in zip(self.manifest.shards, self._offsets[:-1], strict=False):
+            path = shard.path(self.cache_dir, "meta")
+            try:
+                column = pq.read_table(path, columns=["split"]).column("split")
+            except (pa.ArrowException, OSError, KeyError) as exc:
+                raise VlpipeError(f"{path}: cannot read the 'split' column ({exc})") from None
+            if len(column) != shard.num_samples:
+                raise VlpipeError(f"{path}: {len(column)} rows but the manifest says {shard.num_samples}")
+            mask = pc.fill_null(pc.equal(column, split), False).to_numpy(zero_copy_only=False)
+            parts.append(np.flatnonzero(mask).astype(np.int64) + offset)
+        index = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        if len(index) != self.manifest.splits[split]:
+            raise VlpipeError(
+                f"{self.cache_dir}: meta.parquet files list {len(index)} {split!r} samples but the "
+                f"manifest says {self.manifest.splits[split]}; the cache is inconsistent"
+            )
+        return index
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Memory maps do not travel between processes; a worker maps the files itself.
+        state = self.__dict__.copy()
+        state["_arrays"] = []
+        state["_release_lock"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._release_lock = threading.Lock()
+        self._open_arrays()
+
+    def reopen(self) -> None:
+        """Map the files afresh, e.g. in a forked worker.
+
+        A forked child inherits the parent's mappings, and every page it then reads through them
+        is charged to the child too, so each worker's RSS climbs towards the size of the cache.
+        Fresh mappings start empty and are trimmed by the resident limit like the parent's.
+        """
+        self._open_arrays()
+        self._gathered = 0
+
+    # -- conveniences ----------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return self.manifest.num_samples if self._global is None else len(self._global)
+
+    @property
+    def pad_id(self) -> int:
+        return self.manifest.text.pad_id
+
+    @property
+    def max_len(self) -> int:
+        return self.manifest.text.max_len
+
+    @property
+    def num_patches(self) -> int:
+        return self.manifest.image.num_patches
+
+    @property
+    def patch_dim(self) -> int:
+        return self.manifest.image.patch_dim
+
+    def global_indices(self, indices: Any) -> np.ndarray:
+        """Global sample numbers of dataset positions (raises IndexError when out of range)."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        n = len(self)
+        if len(idx) and (idx.min() < 0 or idx.max() >= n):
+            bad = idx[(idx < 0) | (idx >= n)][0]
+            raise IndexError(f"index {bad} out of range for a dataset of {n} samples")
+        return idx if self._global is None else self._global[idx]
+
+    def _locate(self, indices: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        glob = self.global_indices(indices)
+        shard = np.searchsorted(self._offsets, glob, side="right") - 1
+        return glob, shard, glob - self._offsets[shard]
+
+    # -- batches ---------------------------------------------------------------------------
+
+    def new_batch(self, batch_size: int, pin_memory: bool = False) -> dict[str, torch.Tensor]:
+        """Empty output tensors for `gather(out=...)`, optionally in pinned (page-locked) memory."""
+        shapes: dict[str, tuple[tuple[int, ...], torch.dtype]] = {
+            "images": ((batch_size, self.num_patches, self.patch_dim), torch.uint8),
+            "input_ids": ((batch_size, self.max_len), torch.int64),
+            "lengths": ((batch_size,), torch.int64),
+            "index": ((batch_size,), torch.int64),
+        }
+        if self.has_labels:
+            labels = self._arrays[0]["labels"]
+            shapes["labels"] = ((batch_size, *labels.shape[1:]), torch.from_numpy(labels[:0].copy()).dtype)
+        return {k: torch.empty(shape, dtype=dt, pin_memory=pin_memory) for k, (shape, dt) in shapes.items()}
+
+    def gather(
+        self,
+        indices: Any,
+        out: dict[str, torch.Tensor] | None = None,
+        scratch: np.ndarray | None = None,
+        views: bool = True,
+    ) -> dict[str, torch.Tensor]:
+        """Read a batch; the result uses the first B rows of `out` when given.
+
+        With `views`, a run of consecutive samples inside one shard returns its images as a view
+        of the memory map instead of copying them. `scratch` (uint8, at least (B, P, D)) lets a
+        batch that spans shards be gathered without allocating: it is first gathered per shard in
+        shard order, then put back in the requested order.
+        """
+        glob, shard, local = self._locate(indices)
+        b = len(glob)
+        if out is None:
+            out = self.new_batch(b)
+        batch = {k: v[:b] for k, v in out.items()}
+        batch["index"].numpy()[:] = glob
+        if b == 0:
+            return batch
+        contiguous = shard[0] == shard[-1] and (b == 1 or bool(np.all(np.diff(local) == 1)))
+        if contiguous:
+            arrays, start = self._arrays[int(shard[0])], int(local[0])
+            for key, kind in (("input_ids", "tokens"), ("lengths", "lengths"), ("labels", "labels")):
+                if key in batch:
+                    batch[key].numpy()[:] = arrays[kind][start : start + b]
+            if views:
+                batch["images"] = _readonly_tensor(arrays["images"][start : start + b])
+            else:
+                batch["images"].numpy()[:] = arrays["images"][start : start + b]
+        else:
+            self._gather_rows(shard, local, batch, scratch)
+        self._count(b)
+        return batch
+
+    def _gather_rows(
+        self, shard: np.ndarray, local: np.ndarray, batch: dict[str, torch.Tensor], scratch: np.ndarray | None
+    ) -> None:
+        images = batch["images"].numpy()
+        small = [(key, kind, batch[key].numpy()) for key, kind in
+                 (("input_ids", "tokens"), ("lengths", "lengths"), ("labels", "labels")) if key in batch]
+        if shard[0] == shard[-1] and bool(np.all(shard == shard[0])):
+            arrays = self._arrays[int(shard[0])]
+            # mode="clip" skips take's bounds-check buffering: indices are already validated.
+            np.take(arrays["images"], local, axis=0, out=images, mode="clip")
+            for _key, kind, dst in small:
+                dst[:] = arrays[kind][local]
+            return
+        b = len(local)
+        order = np.argsort(shard, kind="stable")
+        sorted_shards = shard[order]
+        cuts = np.flatnonzero(np.diff(sorted_shards)) + 1
+        starts = np.concatenate(([0], cuts))
+        ends = np.concatenate((cuts, [b]))
+        if scratch is None or scratch.shape[0] < b:
+            scratch = np.empty_like(images)
+        staged = scratch[:b]
+        for lo, hi in zip(starts.tolist(), ends.tolist(), strict=True):
+            arrays = self._arrays[int(sorted_shards[lo])]
+            rows = order[lo:hi]
+            np.take(arrays["images"], local[rows], axis=0, out=staged[lo:hi], mode="clip")
+            for _key, kind, dst in small:
+                dst[rows] = arrays[kind][local[rows]]
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(b)
+        np.take(staged, inverse, axis=0, out=images, mode="clip")
+
+    def _count(self, rows: int) -> None:
+        self._gathered += rows * self.num_patches * self.patch_dim
+        if self._gathered >= self.resident_limit > 0 and self._release_lock.acquire(blocking=False):
+            try:
+                self._gathered = 0
+                self.release_pages()
+            finally:
+                self._release_lock.release()
+
+    def release_pages(self) -> None:
+        """Unmap the cache pages this process has touched; the data stays in the page cache."""
+        for arrays in self._arrays:
+            for arr in arrays.values():
+                arr._mmap.madvise(mmap.MADV_DONTNEED)
+
+    def __getitems__(self, indices: Any) -> dict[str, torch.Tensor]:
+        """A batch in a fresh output (images may be a read-only view of the map, see `gather`)."""
+        return self.gather(indices)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        """One sample, without the batch dimension (for inspection; train with batches)."""
+        return {k: v[0] for k, v in self.gather([index]).items()}
+
+    # -- inspection (not on the hot path) ---------------------------------------------------
+
+    def meta(self, indices: Any, columns: list[str] | None = None) -> pa.Table:
+        """meta.parquet rows of dataset positions, in the order given."""
+        _glob, shard, local = self._locate(indices)
+        order = np.argsort(shard, kind="stable")
+        tables = []
+        for s in np.unique(shard).tolist():
+            rows = local[order][shard[order] == s]
+            table = pq.read_table(self.manifest.shards[s].path(self.cache_dir, "meta"), columns=columns)
+            tables.append(table.take(pa.array(rows)))
+        if not tables:
+            return pq.read_table(self.manifest.shards[0].path(self.cache_dir, "meta"), columns=columns).slice(0, 0)
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        return pa.concat_tables(tables).take(pa.array(inverse))
+
+    def captions(self, indices: Any) -> list[str]:
+        """The original captions of dataset positions."""
+        return self.meta(indices, columns=["caption"]).column("caption").to_pylist()
