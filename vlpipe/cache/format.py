@@ -133,7 +133,8 @@ class TextSpec:
     cls_id: int
     sep_id: int
     mask_id: int
-    unk_id: int
+    # None for tokenizers that can spell any string (open_clip's byte-level BPE has no [UNK]).
+    unk_id: int | None
 
     @classmethod
     def _parse(cls, f: _Fields) -> TextSpec:
@@ -142,7 +143,7 @@ class TextSpec:
             tokenizer_spec=f.get("tokenizer_spec", str), vocab_size=f.get("vocab_size", int),
             max_len=f.get("max_len", int), dtype=f.get("dtype", str), pad_id=f.get("pad_id", int),
             cls_id=f.get("cls_id", int), sep_id=f.get("sep_id", int), mask_id=f.get("mask_id", int),
-            unk_id=f.get("unk_id", int),
+            unk_id=f.get("unk_id", (int, type(None))),
         )
 
 

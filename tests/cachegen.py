@@ -1,0 +1,165 @@
+"""Small img2dataset-style inputs for the cache tests, with the images that break naive decoders.
+
+Every sample is (key, bytes, extension, caption); `write_layout` lays a list of them out the way
+img2dataset does (webdataset tars, parquet with image bytes, or NNNNN/ folders), side files
+included, so the writer is tested against the shapes it meets in the wild.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+LAYOUTS = ("webdataset", "parquet", "files")
+
+
+class Item(NamedTuple):
+    key: str
+    data: bytes
+    ext: str
+    caption: str | None
+
+
+def _encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+def photo(width: int, height: int, seed: int) -> Image.Image:
+    """A smooth random colour field with some edges: JPEG-friendly but not trivial to resize."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
+    img = Image.fromarray(small).resize((width, height), Image.Resampling.BICUBIC)
+    arr = np.asarray(img).copy()
+    arr[height // 3 : height // 3 + 3, :, :] = 255
+    return Image.fromarray(arr)
+
+
+def exif_rotated_jpeg() -> bytes:
+    """Stored 48 wide x 32 high, left half red, right half blue; EXIF 6 = show rotated 90 deg clockwise.
+
+    Displayed upright it is 32 wide x 48 high with red on TOP and blue at the BOTTOM.
+    """
+    arr = np.zeros((32, 48, 3), np.uint8)
+    arr[:, :24] = (220, 20, 20)
+    arr[:, 24:] = (20, 20, 220)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return _encode(Image.fromarray(arr), "JPEG", quality=95, exif=exif.tobytes())
+
+
+def png16() -> bytes:
+    """16-bit greyscale at about 40% of full scale: naive conversion clips it to white."""
+    arr = np.full((40, 40), 26000, np.uint16)
+    arr[:, 20:] = 13000
+    return _encode(Image.fromarray(arr), "PNG")
+
+
+def cmyk_jpeg() -> bytes:
+    """Pure cyan ink: must come out with little red and lots of green and blue."""
+    return _encode(Image.new("CMYK", (40, 40), (255, 0, 0, 0)), "JPEG", quality=95)
+
+
+def palette_transparent_png() -> bytes:
+    """Palette image whose left half is the transparent index: must be white, not black."""
+    img = Image.new("P", (40, 40), 0)
+    img.putpalette([0, 0, 0, 30, 160, 40] + [0] * (254 * 3))
+    img.paste(1, (20, 0, 40, 40))
+    return _encode(img, "PNG", transparency=0)
+
+
+def la_png() -> bytes:
+    """Grey+alpha: the left half is fully transparent (white when composited), the right half dark grey."""
+    arr = np.zeros((40, 40, 2), np.uint8)
+    arr[:, :, 0] = 60
+    arr[:, 20:, 1] = 255
+    return _encode(Image.fromarray(arr), "PNG")
+
+
+def rgba_png() -> bytes:
+    arr = np.zeros((40, 40, 4), np.uint8)
+    arr[..., :3] = (10, 10, 200)
+    arr[20:, :, 3] = 255  # top half transparent -> white
+    return _encode(Image.fromarray(arr), "PNG")
+
+
+def grey_jpeg() -> bytes:
+    return _encode(Image.fromarray(np.full((40, 56), 90, np.uint8)), "JPEG", quality=95)
+
+
+def hard_items() -> list[Item]:
+    """Ten samples: plain and large JPEGs, the awkward modes, an undecodable file, a missing caption."""
+    return [
+        Item("000000000", _encode(photo(64, 48, 0), "JPEG", quality=90), "jpg", "a red and blue photo"),
+        Item("000000001", exif_rotated_jpeg(), "jpg", "red on top, blue below"),
+        Item("000000002", png16(), "png", "a sixteen bit grey card"),
+        Item("000000003", cmyk_jpeg(), "jpg", "cyan ink printed"),
+        Item("000000004", palette_transparent_png(), "png", "a green logo on transparency"),
+        Item("000000005", la_png(), "png", "grey with alpha"),
+        Item("000000006", rgba_png(), "png", "blue half, clear half"),
+        Item("000000007", grey_jpeg(), "jpg", "a flat grey picture"),
+        Item("000000008", b"this is not an image at all" * 4, "jpg", "broken bytes"),
+        Item("000000009", _encode(photo(200, 150, 9), "JPEG", quality=90), "jpg", None),
+        Item("000000010", _encode(photo(300, 180, 10), "JPEG", quality=90), "jpg", "a large wide photo"),
+    ]
+
+
+def photo_items(n: int, start: int = 0, size: tuple[int, int] = (48, 40)) -> list[Item]:
+    return [
+        Item(f"{i:09d}", _encode(photo(*size, seed=i), "JPEG", quality=90), "jpg", f"photo number {i} of a scene")
+        for i in range(start, start + n)
+    ]
+
+
+def _meta(item: Item) -> dict:
+    return {"key": item.key, "url": f"http://127.0.0.1/img/{item.key}.{item.ext}", "caption": item.caption,
+            "status": "success", "error_message": None}
+
+
+def write_layout(root: Path, layout: str, shards: list[list[Item]]) -> Path:
+    """Write `shards` as img2dataset output in `layout` under `root` (created); returns `root`."""
+    root.mkdir(parents=True, exist_ok=True)
+    for index, items in enumerate(shards):
+        name = f"{index:05d}"
+        metas = [_meta(it) for it in items]
+        if layout == "webdataset":
+            with tarfile.open(root / f"{name}.tar", "w") as tar:
+                for it in items:
+                    parts = [(it.ext, it.data), ("json", json.dumps(_meta(it)).encode())]
+                    if it.caption is not None:
+                        parts.insert(1, ("txt", it.caption.encode()))
+                    for ext, data in parts:
+                        info = tarfile.TarInfo(f"{it.key}.{ext}")
+                        info.size = len(data)
+                        tar.addfile(info, io.BytesIO(data))
+        elif layout == "parquet":
+            table = pa.table({
+                "key": [it.key for it in items],
+                "jpg": pa.array([it.data for it in items], pa.binary()),
+                "txt": [it.caption for it in items],
+                **{col: [m[col] for m in metas] for col in ("url", "caption", "status", "error_message")},
+            })
+            pq.write_table(table, root / f"{name}.parquet")
+        else:
+            folder = root / name
+            folder.mkdir()
+            for it in items:
+                (folder / f"{it.key}.{it.ext}").write_bytes(it.data)
+                if it.caption is not None:
+                    (folder / f"{it.key}.txt").write_text(it.caption)
+                (folder / f"{it.key}.json").write_text(json.dumps(_meta(it)))
+        if layout != "parquet":
+            # img2dataset's metadata side file: no image bytes, one row per attempted sample.
+            pq.write_table(pa.table({c: [m[c] for m in metas] for c in ("key", "url", "caption", "status")}),
+                           root / f"{name}.parquet")
+        (root / f"{name}_stats.json").write_text(json.dumps({"count": len(items), "successes": len(items)}))
+    return root
