@@ -16,6 +16,13 @@ from vlpipe.model.config import (
     VisionConfig,
     make_config,
 )
+from vlpipe.model.importers import (
+    hf_text_config,
+    load_tensors,
+    text_init,
+    vision_init,
+    vit_config,
+)
 from vlpipe.model.vilbert import ModelOutput, ViLBERT, build_model
 
 __all__ = [
@@ -28,5 +35,10 @@ __all__ = [
     "ViLBERT",
     "VisionConfig",
     "build_model",
+    "hf_text_config",
+    "load_tensors",
     "make_config",
+    "text_init",
+    "vision_init",
+    "vit_config",
 ]

@@ -58,6 +58,8 @@ class Block(nn.Module):
 def resample_pos_embed(pos: Tensor, grid: int) -> Tensor:
     """(1, 1 + g*g, D) position embeddings -> (1, 1 + grid*grid, D), bicubic over the 2-D grid.
 
+    Antialiased bicubic, as timm resamples, so a timm checkpoint behaves the same at a new size.
+
     The CLS position is kept as is; only the patch positions live on a spatial grid.
     """
     old = math.isqrt(pos.shape[1] - 1)
@@ -65,7 +67,7 @@ def resample_pos_embed(pos: Tensor, grid: int) -> Tensor:
         return pos
     cls, patches = pos[:, :1], pos[:, 1:]
     patches = patches.reshape(1, old, old, -1).permute(0, 3, 1, 2).float()
-    patches = F.interpolate(patches, size=(grid, grid), mode="bicubic", align_corners=False)
+    patches = F.interpolate(patches, size=(grid, grid), mode="bicubic", align_corners=False, antialias=True)
     patches = patches.permute(0, 2, 3, 1).reshape(1, grid * grid, -1).to(pos.dtype)
     return torch.cat([cls, patches], dim=1)
 

