@@ -103,13 +103,12 @@ def test_random_batch_equals_numpy_indexing(cache, indices):
     assert "labels" not in batch
 
 
-def test_gather_into_preallocated_output_with_scratch(cache):
+def test_gather_into_preallocated_output(cache):
     root, ref = cache
     ds = CacheDataset(root, split=None)
     out = ds.new_batch(8)
-    scratch = np.empty((8, PATCHES, PATCH_DIM), np.uint8)
     indices = np.array([13, 2, 9, 0, 15])
-    batch = ds.gather(indices, out=out, scratch=scratch, views=False)
+    batch = ds.gather(indices, out=out, views=False)
     assert batch["images"].data_ptr() == out["images"].data_ptr()
     assert np.array_equal(out["images"][:5].numpy(), ref["images"][indices])
     contiguous = ds.gather([1, 2, 3], out=out, views=False)  # copied, not a view, when views=False
