@@ -1,0 +1,69 @@
+"""cache info / contact sheet, and the `build-cache` / `cache` CLI exit codes."""
+
+from __future__ import annotations
+
+import cachegen
+import numpy as np
+import pytest
+from PIL import Image
+
+from vlpipe.cache.format import load_manifest
+from vlpipe.cache.info import cache_info, contact_sheet, sample_rows
+from vlpipe.cli.main import main
+from vlpipe.errors import VlpipeError
+
+
+def run_cli(args, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    out = capsys.readouterr()
+    return exit_info.value.code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("info")
+    src = cachegen.write_layout(root / "src", "parquet", [cachegen.hard_items()])
+    out = root / "cache"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["build-cache", str(src), "--out", str(out), "--image-size", "32", "--patch-size", "8",
+              "--max-len", "16", "--tokenizer", "wordpiece:150", "--processes", "1"])
+    assert exit_info.value.code == 0
+    return src, out
+
+
+def test_info_rows(built):
+    _, out = built
+    rows = dict(cache_info(out))
+    assert rows["samples"] == "9"
+    assert rows["skipped"] == "1 missing_caption, 1 undecodable"
+    assert rows["images"].startswith("32x32 px, 8-px patches: (16, 192) uint8")
+
+
+def test_contact_sheet_shows_unpatchified_images(built, tmp_path):
+    _, out = built
+    m = load_manifest(out)
+    image, caption = sample_rows(m, out, [1])[0]
+    assert image.shape == (32, 32, 3) and caption == "red on top, blue below"
+    assert image[:8, :, 0].mean() > 150 and image[-8:, :, 2].mean() > 150  # upright after un-patchify
+    png = contact_sheet(out, tmp_path / "sheet.png", n=4, seed=1)
+    sheet = np.asarray(Image.open(png).convert("RGB"))
+    assert sheet.shape[0] > 200 and sheet.shape[1] > 200 and sheet.std() > 10
+    with pytest.raises(VlpipeError, match="--n 0"):
+        contact_sheet(out, tmp_path / "x.png", n=0)
+
+
+def test_cli_exit_codes(built, tmp_path, capsys):
+    src, out = built
+    code, stdout, _ = run_cli(["cache", "verify", str(out)], capsys)
+    assert code == 0 and "ok (9 samples" in stdout
+    code, stdout, _ = run_cli(["cache", "info", str(out), "--grid", str(tmp_path / "g.png"), "--n", "3"], capsys)
+    assert code == 0 and "samples" in stdout and (tmp_path / "g.png").stat().st_size > 1000
+
+    code, _, err = run_cli(["cache", "verify", str(tmp_path / "nothing")], capsys)
+    assert code == 1 and err.startswith("error: ") and err.count("\n") == 1
+    code, _, err = run_cli(["build-cache", str(tmp_path / "nope"), "--out", str(tmp_path / "c")], capsys)
+    assert code == 1 and "no such file or directory" in err and "Traceback" not in err
+    code, _, err = run_cli(["build-cache", str(src), "--out", str(out), "--image-size", "64",
+                            "--patch-size", "8", "--max-len", "16", "--tokenizer", "wordpiece:150"], capsys)
+    assert code == 1 and "--overwrite" in err

@@ -1,0 +1,95 @@
+"""verify finds every kind of damage a copied or half-written cache can have, naming the file."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import cachegen
+import numpy as np
+import pytest
+
+from vlpipe.cache.format import load_manifest
+from vlpipe.cache.verify import check_cache, verify_cache
+from vlpipe.cache.writer import build_cache
+from vlpipe.errors import VlpipeError
+from vlpipe.utils.atomic import sha256_file
+
+OPTS = {"image_size": 16, "patch_size": 8, "max_len": 12, "tokenizer": "wordpiece:120", "quiet": True}
+
+
+@pytest.fixture(scope="module")
+def sound(tmp_path_factory):
+    root = tmp_path_factory.mktemp("verify")
+    items = cachegen.photo_items(6)
+    src = cachegen.write_layout(root / "src", "webdataset", [items[:3], items[3:]])
+    build_cache(src, root / "cache", processes=1, **OPTS)
+    return root / "cache"
+
+
+@pytest.fixture
+def cache(sound, tmp_path):
+    copy = tmp_path / "cache"
+    shutil.copytree(sound, copy)
+    return copy
+
+
+def test_sound_cache_passes(cache):
+    assert verify_cache(cache) == []
+    assert check_cache(cache).num_samples == 6
+
+
+def test_flipped_byte_is_caught(cache):
+    path = cache / "shards/00001/images.npy"
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(VlpipeError, match=r"shards/00001/images.npy: sha256 differs") as info:
+        check_cache(cache)
+    assert "\n" not in str(info.value)
+
+
+def test_truncated_file_is_caught(cache):
+    path = cache / "shards/00000/tokens.npy"
+    path.write_bytes(path.read_bytes()[:-7])
+    problems = verify_cache(cache, checksums=False)
+    assert problems == [f"{path}: truncated ({path.stat().st_size} bytes, manifest says {path.stat().st_size + 7})"]
+
+
+def test_missing_file_and_missing_manifest(cache):
+    (cache / "shards/00000/meta.parquet").unlink()
+    assert verify_cache(cache)[0].endswith("shards/00000/meta.parquet: missing")
+    (cache / "manifest.json").unlink()
+    assert "not a complete vlpipe cache" in verify_cache(cache)[0]
+
+
+def _rewrite(cache, kind, arr, shard="00000"):
+    """Replace an array and update the manifest's size and sha, so only the deep checks can catch it."""
+    path = cache / f"shards/{shard}/{kind}.npy"
+    np.save(path, arr)
+    m = json.loads((cache / "manifest.json").read_text())
+    entry = next(s for s in m["shards"] if s["name"] == shard)["files"][kind]
+    entry["bytes"], entry["sha256"] = path.stat().st_size, sha256_file(path)
+    (cache / "manifest.json").write_text(json.dumps(m))
+    return path
+
+
+def test_token_id_out_of_range(cache):
+    tokens = np.load(cache / "shards/00000/tokens.npy")
+    tokens[1, 1] = load_manifest(cache).text.vocab_size
+    path = _rewrite(cache, "tokens", tokens)
+    assert verify_cache(cache) == [f"{path}: row 1 has token id {tokens[1, 1]} >= vocab_size {tokens[1, 1]}"]
+
+
+def test_lengths_inconsistent_with_padding(cache):
+    lengths = np.load(cache / "shards/00001/lengths.npy")
+    lengths[2] -= 1
+    _rewrite(cache, "lengths", lengths, shard="00001")
+    problems = verify_cache(cache)
+    assert len(problems) == 1 and "shards/00001/tokens.npy: row 2 is not [CLS] ... [SEP]" in problems[0]
+
+
+def test_wrong_dtype_or_shape(cache):
+    images = np.load(cache / "shards/00000/images.npy")
+    path = _rewrite(cache, "images", images[:2])
+    assert verify_cache(cache) == [f"{path}: uint8 (2, 4, 192), expected uint8 (3, 4, 192)"]

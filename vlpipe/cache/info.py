@@ -1,0 +1,91 @@
+"""Look inside a cache: a summary of its manifest and a contact sheet of images with captions.
+
+The contact sheet is the quickest end-to-end check a person can make: if the pixels were
+patchified in the wrong order, or captions shifted by one row, it is obvious at a glance.
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from vlpipe.cache.format import Manifest, load_manifest
+from vlpipe.errors import VlpipeError
+from vlpipe.imaging import unpatchify
+from vlpipe.utils.atomic import atomic_path
+
+
+def cache_info(cache_dir: str | os.PathLike[str]) -> list[tuple[str, str]]:
+    """(field, value) rows describing the cache, in the order a person reads them."""
+    m = load_manifest(cache_dir)
+    size = sum(f.bytes for s in m.shards for f in s.files.values())
+    img, t, prov = m.image, m.text, m.provenance
+    skipped = ", ".join(f"{n} {reason}" for reason, n in m.skipped.items()) or "none"
+    return [
+        ("samples", f"{m.num_samples}"),
+        ("splits", ", ".join(f"{k} {v}" for k, v in m.splits.items())),
+        ("shards", f"{len(m.shards)}"),
+        ("size", f"{size / 1e6:.1f} MB ({size / max(m.num_samples, 1) / 1e3:.1f} kB per sample)"),
+        ("images", f"{img.image_size}x{img.image_size} px, {img.patch_size}-px patches: "
+                   f"({img.num_patches}, {img.patch_dim}) {img.dtype} per sample"),
+        ("tokenizer", f"{t.tokenizer_spec} (vocab {t.vocab_size}, max_len {t.max_len}, {t.dtype})"),
+        ("special ids", f"pad {t.pad_id}, cls {t.cls_id}, sep {t.sep_id}, mask {t.mask_id}, unk {t.unk_id}"),
+        ("labels", "none" if m.labels is None else str(m.labels)),
+        ("skipped", skipped),
+        ("source", f"{prov.get('source')} ({prov.get('source_format')})"),
+        ("built", f"{prov.get('created')} by vlpipe {prov.get('vlpipe_version')}"),
+    ]
+
+
+def sample_rows(m: Manifest, cache_dir: Path, indices: list[int]) -> list[tuple[np.ndarray, str]]:
+    """(H, W, 3) image and caption for global sample indices, read through the memmaps."""
+    offsets = m.shard_offsets()
+    captions: dict[int, list[str]] = {}
+    out: list[tuple[np.ndarray, str]] = []
+    for index in indices:
+        k = int(np.searchsorted(offsets, index, side="right")) - 1
+        shard, row = m.shards[k], index - offsets[k]
+        patches = np.load(shard.path(cache_dir, "images"), mmap_mode="r")[row]
+        if k not in captions:
+            captions[k] = pq.read_table(shard.path(cache_dir, "meta"), columns=["caption"]).column(0).to_pylist()
+        caption = captions[k][row]
+        out.append((unpatchify(np.asarray(patches), m.image.patch_size), caption))
+    return out
+
+
+def contact_sheet(cache_dir: str | os.PathLike[str], out_png: str | os.PathLike[str], n: int = 16,
+                  seed: int = 0) -> Path:
+    """Draw `n` random samples (un-patchified) in a grid with their captions; returns the PNG path."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed; must precede pyplot
+    import matplotlib.pyplot as plt
+
+    root = Path(cache_dir)
+    m = load_manifest(root)
+    if m.num_samples == 0:
+        raise VlpipeError(f"{root}: the cache holds no samples to draw")
+    if n < 1:
+        raise VlpipeError(f"--n {n} must be at least 1")
+    rng = np.random.default_rng(seed)
+    indices = sorted(rng.choice(m.num_samples, size=min(n, m.num_samples), replace=False).tolist())
+    rows = sample_rows(m, root, indices)
+    cols = int(np.ceil(np.sqrt(len(rows))))
+    lines = len(rows) // cols + (len(rows) % cols > 0)
+    fig, axes = plt.subplots(lines, cols, figsize=(2.6 * cols, 3.2 * lines), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, index, (image, caption) in zip(axes.flat, indices, rows, strict=False):
+        ax.imshow(image, interpolation="nearest")
+        ax.set_title("\n".join(textwrap.wrap(f"#{index}: {caption}", 32)[:3]), fontsize=7)
+    fig.tight_layout()
+    out = Path(out_png)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return out
+

@@ -1,0 +1,148 @@
+"""`verify_cache`: re-check every byte and invariant of a cache against its manifest.
+
+Training reads the arrays blind (that is what makes it fast), so a flipped bit or a truncated
+copy would otherwise surface as silently wrong pixels or an index error hours later. Problems are
+reported as one line each, naming the file, in the order a person should fix them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vlpipe.cache.format import META_COLUMNS, SKIPPED_FILE, SPLITS, Manifest, ShardEntry, load_manifest
+from vlpipe.errors import VlpipeError
+from vlpipe.utils.atomic import sha256_file
+
+CHUNK = 4096  # rows per pass over tokens/lengths, so verify's memory stays flat on any cache size
+
+
+def verify_cache(cache_dir: str | os.PathLike[str], *, checksums: bool = True) -> list[str]:
+    """All problems found (empty when the cache is sound). `checksums=False` skips the sha256 pass."""
+    root = Path(cache_dir)
+    try:
+        manifest = load_manifest(root)
+    except VlpipeError as exc:
+        return [str(exc)]
+    problems: list[str] = []
+    tok = root / manifest.text.tokenizer_file
+    if not tok.is_file():
+        problems.append(f"{tok}: missing")
+    elif checksums and sha256_file(tok) != manifest.text.tokenizer_sha256:
+        problems.append(f"{tok}: sha256 differs from the manifest (file modified or corrupt)")
+    splits = dict.fromkeys(SPLITS, 0)
+    for shard in manifest.shards:
+        problems += _check_shard(root, manifest, shard, checksums, splits)
+    total = sum(s.num_samples for s in manifest.shards)
+    if total != manifest.num_samples:
+        problems.append(f"{root / 'manifest.json'}: num_samples {manifest.num_samples} but shards hold {total}")
+    counted = {k: v for k, v in splits.items() if v}
+    if not problems and counted != {k: v for k, v in manifest.splits.items() if v}:
+        problems.append(f"{root / 'manifest.json'}: splits {manifest.splits} but meta.parquet files say {counted}")
+    problems += _check_skipped(root, manifest)
+    return problems
+
+
+def check_cache(cache_dir: str | os.PathLike[str], *, checksums: bool = True) -> Manifest:
+    """Raise VlpipeError with the first problem (one line); return the manifest when sound."""
+    problems = verify_cache(cache_dir, checksums=checksums)
+    if problems:
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise VlpipeError(problems[0] + more)
+    return load_manifest(cache_dir)
+
+
+def _check_shard(root: Path, m: Manifest, shard: ShardEntry, checksums: bool, splits: dict[str, int]) -> list[str]:
+    n = shard.num_samples
+    problems = []
+    for entry in shard.files.values():
+        path = root / entry.path
+        if not path.is_file():
+            problems.append(f"{path}: missing")
+        elif (size := path.stat().st_size) != entry.bytes:
+            how = "truncated" if size < entry.bytes else "longer than recorded"
+            problems.append(f"{path}: {how} ({size} bytes, manifest says {entry.bytes})")
+        elif checksums and sha256_file(path) != entry.sha256:
+            problems.append(f"{path}: sha256 differs from the manifest (file modified or corrupt)")
+    if problems:
+        return problems  # the arrays below cannot be trusted (or even opened) once bytes are wrong
+
+    img, t = m.image, m.text
+    expected = {
+        "images": ("uint8", (n, img.num_patches, img.patch_dim)),
+        "tokens": (t.dtype, (n, t.max_len)),
+        "lengths": ("uint16", (n,)),
+    }
+    arrays = {}
+    for kind, (dtype, shape) in expected.items():
+        path = shard.path(root, kind)
+        try:
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            return [f"{path}: not a readable .npy file ({exc})"]
+        if arr.dtype != np.dtype(dtype) or arr.shape != shape:
+            return [f"{path}: {arr.dtype} {arr.shape}, expected {dtype} {shape}"]
+        arrays[kind] = arr
+    problems += _check_tokens(shard.path(root, "tokens"), arrays["tokens"], arrays["lengths"], m)
+
+    meta_path = shard.path(root, "meta")
+    try:
+        meta = pq.read_table(meta_path, columns=["split"])
+        schema = pq.read_schema(meta_path)
+    except (pa.ArrowException, OSError) as exc:
+        return [*problems, f"{meta_path}: not a readable parquet file ({exc})"]
+    missing = [c for c in META_COLUMNS if c not in schema.names]
+    if missing:
+        problems.append(f"{meta_path}: missing column(s) {', '.join(missing)}")
+    if meta.num_rows != n:
+        problems.append(f"{meta_path}: {meta.num_rows} rows, manifest says {n}")
+    for split, count in Counter(meta.column("split").to_pylist()).items():
+        if split not in splits:
+            problems.append(f"{meta_path}: unknown split {split!r}")
+        else:
+            splits[split] += count
+    if "labels" in shard.files:
+        labels = np.load(shard.path(root, "labels"), mmap_mode="r", allow_pickle=False)
+        if labels.shape[0] != n:
+            problems.append(f"{shard.path(root, 'labels')}: {labels.shape[0]} rows, manifest says {n}")
+    return problems
+
+
+def _check_tokens(path: Path, tokens: np.ndarray, lengths: np.ndarray, m: Manifest) -> list[str]:
+    """Ids in range; each row is [CLS] ... [SEP] then only padding, exactly `length` real tokens."""
+    t = m.text
+    positions = np.arange(t.max_len)
+    for start in range(0, tokens.shape[0], CHUNK):
+        ids = np.asarray(tokens[start : start + CHUNK])
+        lens = np.asarray(lengths[start : start + CHUNK]).astype(np.int64)
+        if ids.size and int(ids.max()) >= t.vocab_size:
+            row = start + int(np.argmax(ids.max(axis=1)))
+            return [f"{path}: row {row} has token id {int(ids[row - start].max())} >= vocab_size {t.vocab_size}"]
+        bad = (lens < 2) | (lens > t.max_len)
+        if bad.any():
+            row = start + int(np.argmax(bad))
+            return [f"{path}: row {row} has length {int(lens[row - start])} outside 2..{t.max_len}"]
+        rows = np.arange(len(lens))
+        pad_ok = np.where(positions < lens[:, None], True, ids == t.pad_id).all(axis=1)
+        framed = (ids[:, 0] == t.cls_id) & (ids[rows, lens - 1] == t.sep_id) & pad_ok
+        if not framed.all():
+            row = start + int(np.argmin(framed))
+            return [f"{path}: row {row} is not [CLS] ... [SEP] followed by padding (lengths.npy disagrees)"]
+    return []
+
+
+def _check_skipped(root: Path, m: Manifest) -> list[str]:
+    path = root / SKIPPED_FILE
+    if not path.is_file():
+        return [f"{path}: missing"] if m.skipped else []
+    try:
+        rows = pq.read_metadata(path).num_rows
+    except (pa.ArrowException, OSError) as exc:
+        return [f"{path}: not a readable parquet file ({exc})"]
+    expected = sum(m.skipped.values())
+    return [] if rows == expected else [f"{path}: {rows} rows, manifest counts {expected} skipped"]
