@@ -1,0 +1,108 @@
+"""The random-gather ceiling: how fast this machine can copy random cache rows at all.
+
+A loader over the cache can never beat gathering random 150 kB image rows from the page-cached
+memmap into a reused batch buffer, so that rate (measured in the same run, next to the loaders)
+is the honest yardstick for "how close to the hardware" vlpipe gets. It is measured in one
+process and in N processes at once (aggregate), because a 2-core machine may or may not have
+the memory bandwidth to feed a second core.
+
+The N-process variant forks on Linux (instant start, no `if __name__ == "__main__"` needed in
+the caller's script; the children only run numpy copies) and spawns elsewhere, where this module's
+numpy-only imports keep the fresh interpreters quick to start.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import queue
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+# How long a gatherer may take to start before the measurement is abandoned.
+START_TIMEOUT_S = 120.0
+
+
+@dataclass
+class CeilingResult:
+    processes: int
+    samples_per_s: float
+
+
+class RowGatherer:
+    """Random rows of several shard memmaps gathered into one reused (batch, ...) buffer."""
+
+    def __init__(self, image_files: list[str], batch_size: int, seed: int):
+        self.shards = [np.load(path, mmap_mode="r") for path in image_files]
+        sizes = [len(shard) for shard in self.shards]
+        self.offsets = np.cumsum([0, *sizes])
+        self.total = int(self.offsets[-1])
+        self.buffer = np.empty((batch_size, *self.shards[0].shape[1:]), dtype=self.shards[0].dtype)
+        self.rng = np.random.default_rng(seed)
+
+    def gather(self) -> None:
+        indices = np.sort(self.rng.integers(0, self.total, len(self.buffer)))
+        # Sorted indices make each shard's rows one contiguous block of the batch buffer.
+        bounds = np.searchsorted(indices, self.offsets)
+        for shard_id, shard in enumerate(self.shards):
+            lo, hi = bounds[shard_id], bounds[shard_id + 1]
+            if hi > lo:
+                np.take(shard, indices[lo:hi] - self.offsets[shard_id], axis=0, out=self.buffer[lo:hi])
+
+    def run(self, seconds: float) -> float:
+        """Samples per second over a window of `seconds` (after one untimed batch)."""
+        self.gather()
+        batches = 0
+        start = time.perf_counter()
+        while (now := time.perf_counter()) - start < seconds or batches == 0:
+            self.gather()
+            batches += 1
+        return batches * len(self.buffer) / (now - start)
+
+
+def _gather_worker(image_files: list[str], batch_size: int, seconds: float, seed: int,
+                   barrier: mp.synchronize.Barrier, results: mp.Queue) -> None:
+    gatherer = RowGatherer(image_files, batch_size, seed)
+    gatherer.gather()
+    # All processes start timing together so their windows overlap and contend as they would.
+    barrier.wait()
+    results.put(gatherer.run(seconds))
+
+
+def measure_ceiling(image_files: list[str], batch_size: int, seconds: float, processes: int,
+                    seed: int = 0) -> CeilingResult:
+    """Aggregate random-gather samples/s of `processes` gatherers running at the same time."""
+    if processes == 1:
+        return CeilingResult(1, RowGatherer(image_files, batch_size, seed).run(seconds))
+    ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    barrier = ctx.Barrier(processes)
+    results: mp.Queue = ctx.Queue()
+    procs = [ctx.Process(target=_gather_worker, daemon=True,
+                         args=(image_files, batch_size, seconds, seed + i, barrier, results))
+             for i in range(processes)]
+    for proc in procs:
+        proc.start()
+    try:
+        rates = _collect(results, procs, START_TIMEOUT_S + seconds)
+    finally:
+        for proc in procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.terminate()
+    return CeilingResult(processes, float(sum(rates)))
+
+
+def _collect(results: mp.Queue, procs: list, timeout: float) -> list[float]:
+    """One rate per gatherer; fails fast (instead of waiting out the timeout) if one dies."""
+    rates: list[float] = []
+    deadline = time.monotonic() + timeout
+    while len(rates) < len(procs):
+        try:
+            rates.append(results.get(timeout=0.5))
+        except queue.Empty:
+            dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+            if dead or time.monotonic() > deadline:
+                raise RuntimeError(f"random-gather ceiling: a gatherer process failed (exit codes {dead})") from None
+    return rates

@@ -1,0 +1,204 @@
+"""`bench_dataloader`: every pipeline and the random-gather ceiling, interleaved, in one run.
+
+Rounds go ceiling, A, B, C, ceiling, A, B, C, ... so slow phases of a shared machine spread over
+all rows instead of hitting one; each row reports the median over rounds with its min-max.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vlpipe.bench import VLPIPE_MODES
+from vlpipe.bench.ceiling import measure_ceiling
+from vlpipe.bench.measure import RoundResult, run_round
+from vlpipe.bench.pipelines import (
+    Pipeline,
+    SeedTransform,
+    seed_pipeline,
+    vlpipe_pipeline,
+    webdataset_pipeline,
+)
+from vlpipe.bench.sources import DEFAULT_MAX_SOURCE_SAMPLES, prepare_source
+from vlpipe.bench.system import DROP_CACHES_FILE, drop_page_cache, machine_info, usable_cpus, warm_files
+from vlpipe.cache.format import load_manifest
+from vlpipe.errors import VlpipeError
+
+BASELINE = "seed-baseline"
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass
+class BenchSettings:
+    """Everything that defines a run; saved in the JSON so a figure can be reproduced."""
+
+    cache: str
+    source: str | None
+    batch_size: int
+    workers: int
+    seconds: float
+    rounds: int
+    cold: bool
+    modes: list[str]
+    max_source_samples: int
+    ceiling_processes: list[int] = field(default_factory=list)
+
+
+def bench_dataloader(
+    cache: str | Path,
+    source: str | Path | None = None,
+    batch_size: int = 64,
+    workers: int | None = None,
+    seconds: float = 5.0,
+    rounds: int = 3,
+    cold: bool = False,
+    modes: Sequence[str] = VLPIPE_MODES,
+    max_source_samples: int = DEFAULT_MAX_SOURCE_SAMPLES,
+    progress: Progress | None = None,
+    drop_caches_file: str = DROP_CACHES_FILE,
+) -> dict[str, Any]:
+    """Benchmark vlpipe's reader against the seed-style and webdataset loaders on this machine.
+
+    Returns `{"machine": {...}, "results": [...], "ceiling_samples_per_s": float}`; `machine`
+    also carries the run's settings, page-cache state, data origin and the per-process ceilings.
+    `workers=None` uses every usable CPU. Short settings (seconds=0.3, rounds=1) give a smoke
+    run in seconds; real figures want the defaults on a quiet machine.
+    """
+    cache_dir = Path(cache)
+    manifest = load_manifest(cache_dir)
+    workers = usable_cpus() if workers is None else workers
+    _check_arguments(manifest.num_samples, batch_size, workers, seconds, rounds, modes, max_source_samples)
+    settings = BenchSettings(str(cache_dir), None if source is None else str(source), batch_size, workers,
+                             seconds, rounds, cold, list(modes), max_source_samples,
+                             sorted({1, max(1, workers)}))
+    image_files = [str(shard.path(cache_dir, "images")) for shard in manifest.shards]
+    # Before the run, so the load average describes the machine rather than the benchmark.
+    machine = machine_info()
+    with tempfile.TemporaryDirectory(prefix="vlpipe-bench-") as tmp:
+        jpegs = prepare_source(manifest, cache_dir, None if source is None else Path(source), Path(tmp),
+                               max_source_samples)
+        transform = SeedTransform.for_cache(manifest, cache_dir)
+        pipelines: list[Pipeline] = [
+            *(vlpipe_pipeline(cache_dir, manifest, mode, batch_size, workers) for mode in modes),
+            seed_pipeline(jpegs, transform, batch_size, workers),
+            webdataset_pipeline(jpegs, transform, batch_size, workers),
+        ]
+        all_files = [*map(Path, image_files), *_other_cache_files(manifest, cache_dir),
+                     *jpegs.jpeg_paths, *jpegs.shard_paths]
+        if cold:
+            dropped, page_cache = drop_page_cache(drop_caches_file)
+        else:
+            dropped, page_cache = warm_files(all_files)
+        rounds_by_name, ceilings = _interleave(pipelines, settings, image_files, all_files, dropped,
+                                               drop_caches_file, progress)
+    ceiling_by_procs = {n: statistics.median(rates) for n, rates in ceilings.items()}
+    ceiling = max(ceiling_by_procs.values())
+    results = _summarize(pipelines, rounds_by_name, ceiling)
+    machine.update({
+        "page_cache": "cold" if cold and dropped else "warm" if not cold else "not dropped",
+        "page_cache_note": page_cache,
+        "data": {"cache_samples": manifest.num_samples, "image_size": manifest.image.image_size,
+                 "patch_size": manifest.image.patch_size, "max_len": manifest.text.max_len,
+                 "jpeg_source": jpegs.origin, "mean_jpeg_bytes": round(jpegs.jpeg_bytes_per_sample)},
+        "ceiling": {f"{n}_process{'es' if n > 1 else ''}": {"samples_per_s": round(statistics.median(r), 1),
+                                                            "min": round(min(r), 1), "max": round(max(r), 1)}
+                    for n, r in ceilings.items()},
+        "settings": asdict(settings),
+    })
+    return {"machine": machine, "results": results, "ceiling_samples_per_s": round(ceiling, 1)}
+
+
+def _check_arguments(num_samples: int, batch_size: int, workers: int, seconds: float, rounds: int,
+                     modes: Sequence[str], max_source_samples: int) -> None:
+    if batch_size < 1:
+        raise VlpipeError(f"--batch-size must be at least 1, got {batch_size}")
+    if batch_size > num_samples:
+        raise VlpipeError(f"--batch-size {batch_size} is larger than the cache ({num_samples} samples)")
+    if batch_size > max_source_samples:
+        raise VlpipeError(f"--batch-size {batch_size} is larger than --max-source-samples {max_source_samples}")
+    if workers < 0:
+        raise VlpipeError(f"--workers must be 0 or more, got {workers}")
+    if seconds <= 0:
+        raise VlpipeError(f"--seconds must be positive, got {seconds}")
+    if rounds < 1:
+        raise VlpipeError(f"--rounds must be at least 1, got {rounds}")
+    unknown = [m for m in modes if m not in VLPIPE_MODES]
+    if unknown:
+        raise VlpipeError(f"unknown vlpipe mode(s) {', '.join(unknown)}; choose from {', '.join(VLPIPE_MODES)}")
+
+
+def _other_cache_files(manifest: Any, cache_dir: Path) -> list[Path]:
+    return [shard.path(cache_dir, kind) for shard in manifest.shards for kind in ("tokens", "lengths")]
+
+
+def _interleave(pipelines: list[Pipeline], settings: BenchSettings, image_files: list[str],
+                all_files: list[Path], dropped: bool, drop_caches_file: str,
+                progress: Progress | None) -> tuple[dict[str, list[RoundResult]], dict[int, list[float]]]:
+    steps_per_round = len(settings.ceiling_processes) + len(pipelines)
+    total = settings.rounds * steps_per_round
+    done = 0
+    by_name: dict[str, list[RoundResult]] = {p.name: [] for p in pipelines}
+    ceilings: dict[int, list[float]] = {n: [] for n in settings.ceiling_processes}
+
+    def step(label: str) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total, label)
+
+    for round_index in range(settings.rounds):
+        if settings.cold:
+            # The ceiling is a memory-bandwidth figure by definition: measure it on warm pages.
+            warm_files(map(Path, image_files))
+        for processes in settings.ceiling_processes:
+            ceilings[processes].append(
+                measure_ceiling(image_files, settings.batch_size, settings.seconds, processes,
+                                seed=round_index).samples_per_s)
+            step(f"round {round_index + 1}: ceiling, {processes} process(es)")
+        for pipeline in pipelines:
+            if settings.cold and dropped:
+                drop_page_cache(drop_caches_file)
+            # Cold runs time the very first batches, worker start-up included, as a first epoch would.
+            by_name[pipeline.name].append(
+                run_round(pipeline, seed=round_index, seconds=settings.seconds, warmup=not settings.cold))
+            step(f"round {round_index + 1}: {pipeline.name}")
+    return by_name, ceilings
+
+
+def _max_mb(values: list[int | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return round(max(known) / 1e6, 1) if known else None
+
+
+def _summarize(pipelines: list[Pipeline], rounds_by_name: dict[str, list[RoundResult]],
+               ceiling: float) -> list[dict[str, Any]]:
+    medians = {name: statistics.median(r.samples_per_s for r in rounds) for name, rounds in rounds_by_name.items()}
+    baseline = medians[BASELINE]
+    results = []
+    for pipeline in pipelines:
+        rounds = rounds_by_name[pipeline.name]
+        rates = [r.samples_per_s for r in rounds]
+        median = medians[pipeline.name]
+        results.append({
+            "pipeline": pipeline.name,
+            "description": pipeline.description,
+            "workers": pipeline.workers,
+            "samples_per_s": round(median, 1),
+            "samples_per_s_min": round(min(rates), 1),
+            "samples_per_s_max": round(max(rates), 1),
+            "samples_per_s_rounds": [round(x, 1) for x in rates],
+            "ratio_to_baseline": round(median / baseline, 3),
+            "share_of_ceiling": round(median / ceiling, 4),
+            "read_mb_per_s": round(median * pipeline.read_bytes_per_sample / 1e6, 1),
+            "read_bytes_per_sample": round(pipeline.read_bytes_per_sample),
+            "cpu_cores": round(statistics.mean(r.cpu_seconds / r.seconds for r in rounds), 2),
+            "peak_rss_mb": round(max(r.peak_rss_bytes for r in rounds) / 1e6, 1),
+            "pss_mb": _max_mb([r.pss_bytes for r in rounds]),
+            "other_load_cores": round(max(r.other_load_cores for r in rounds), 2),
+            "samples_timed": sum(r.samples for r in rounds),
+        })
+    return results

@@ -1,0 +1,156 @@
+"""Timing one round of one pipeline: throughput, CPU use, peak RSS and how busy the rest of the host was.
+
+CPU and memory are sampled for the whole process tree (this process plus its DataLoader or vlpipe
+worker processes) by a light polling thread, because `getrusage` neither resets between pipelines
+nor sees workers that are still alive. RSS is summed over the tree, so pages shared between a
+parent and its forked workers count once per process: an upper bound, stated as such in the report.
+The proportional set size (PSS, shared pages split between their users) is the fair total, but the
+kernel walks every page to compute it (~40 ms per process), so it is read once, after the window.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import psutil
+import torch
+
+from vlpipe.bench.pipelines import Batch, Pipeline
+
+POLL_SECONDS = 0.1
+_BUSY_FIELDS = ("user", "nice", "system", "irq", "softirq", "steal")
+
+
+@dataclass
+class RoundResult:
+    samples: int
+    seconds: float
+    cpu_seconds: float
+    peak_rss_bytes: int
+    # Sum of PSS over the process tree at the end of the window; None where the OS cannot tell.
+    pss_bytes: int | None
+    # CPU cores used by everything outside this process tree during the window (>= 0.15: contended).
+    other_load_cores: float
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / self.seconds
+
+
+class BatchConsumer:
+    """What every pipeline's batches go through: one copy into reusable buffers.
+
+    This stands in for the trainer's pinned-memory staging copy, so each loader pays the same
+    per-byte cost for what it delivers and none can win by handing over a lazy view.
+    """
+
+    def __init__(self) -> None:
+        self.buffers: dict[str, torch.Tensor] = {}
+
+    def __call__(self, batch: Batch) -> int:
+        size = 0
+        for name, tensor in batch.items():
+            if not isinstance(tensor, torch.Tensor):
+                continue  # bookkeeping such as webdataset's `__key__` list; a trainer ignores it too
+            buf = self.buffers.get(name)
+            if buf is None or buf.shape != tensor.shape or buf.dtype != tensor.dtype:
+                buf = self.buffers[name] = torch.empty_like(tensor)
+            buf.copy_(tensor)
+            size = len(tensor)
+        return size
+
+
+def _busy_seconds() -> float:
+    times = psutil.cpu_times()
+    return sum(getattr(times, name, 0.0) for name in _BUSY_FIELDS)
+
+
+class TreeMonitor:
+    """Polls CPU time and RSS of this process and all its descendants while a window is timed."""
+
+    def __init__(self) -> None:
+        self.root = psutil.Process()
+        self.start_cpu: dict[int, float] = {}
+        self.last_cpu: dict[int, float] = {}
+        self.peak_rss = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _processes(self) -> list[psutil.Process]:
+        with contextlib.suppress(psutil.Error):
+            return [self.root, *self.root.children(recursive=True)]
+        return [self.root]
+
+    def _poll(self) -> None:
+        rss = 0
+        for proc in self._processes():
+            # A worker may exit between listing and reading; its last reading is kept.
+            with contextlib.suppress(psutil.Error), proc.oneshot():
+                times = proc.cpu_times()
+                self.last_cpu[proc.pid] = times.user + times.system
+                rss += proc.memory_info().rss
+        self.peak_rss = max(self.peak_rss, rss)
+
+    def _run(self) -> None:
+        while not self._stop.wait(POLL_SECONDS):
+            self._poll()
+
+    def __enter__(self) -> TreeMonitor:
+        self._poll()
+        self.start_cpu = dict(self.last_cpu)
+        self.start_busy = _busy_seconds()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._poll()
+        self.busy = _busy_seconds() - self.start_busy
+        self.pss = _tree_pss(self._processes())
+
+    @property
+    def cpu_seconds(self) -> float:
+        # Processes born inside the window (start 0) count all their time, which all falls in it.
+        return sum(cpu - self.start_cpu.get(pid, 0.0) for pid, cpu in self.last_cpu.items())
+
+
+def _tree_pss(processes: list[psutil.Process]) -> int | None:
+    total = 0
+    for proc in processes:
+        try:
+            with open(f"/proc/{proc.pid}/smaps_rollup") as fh:
+                for line in fh:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+        except FileNotFoundError:
+            if proc is processes[0]:
+                return None  # no smaps_rollup on this OS/kernel
+        except OSError:
+            continue  # a worker that exited meanwhile
+    return total
+
+
+def run_round(pipeline: Pipeline, seed: int, seconds: float, warmup: bool = True) -> RoundResult:
+    """Open a fresh iterator, pull the untimed warm-up batches, then consume for `seconds`."""
+    consume = BatchConsumer()
+    batches: Iterator[Batch] = pipeline.open(seed)
+    with contextlib.closing(batches):  # type: ignore[type-var]
+        for _ in range(pipeline.warmup_batches if warmup else 0):
+            consume(next(batches))
+        samples = 0
+        with TreeMonitor() as monitor:
+            start = time.perf_counter()
+            deadline = start + seconds
+            now = start
+            while now < deadline:
+                samples += consume(next(batches))
+                now = time.perf_counter()
+            elapsed = now - start
+    other = max(0.0, monitor.busy - monitor.cpu_seconds) / elapsed
+    return RoundResult(samples, elapsed, monitor.cpu_seconds, monitor.peak_rss, monitor.pss, other)

@@ -1,0 +1,94 @@
+"""The machine a benchmark ran on, and control of the page cache (warm it, or drop it for --cold).
+
+Loader figures mean little without the CPU, core count, memory and library versions next to them,
+and "warm" or "cold" must be a fact of the run rather than an assumption: warm runs read every
+file once beforehand, cold runs drop the kernel's page cache where the OS allows it and say
+plainly when it does not.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Iterable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+DROP_CACHES_FILE = "/proc/sys/vm/drop_caches"
+_VERSIONED = ("vlpipe", "torch", "numpy", "pillow", "tokenizers", "webdataset", "pyarrow", "psutil")
+_READ_CHUNK = 8 << 20
+
+
+def drop_page_cache(control_file: str = DROP_CACHES_FILE) -> tuple[bool, str]:
+    """`sync; echo 3 > drop_caches`. Returns (dropped, what happened) instead of raising.
+
+    Only root on a kernel that exposes the control file may do this; containers often mount
+    /proc/sys read-only. A benchmark that cannot go cold still runs and reports it honestly.
+    """
+    os.sync()
+    try:
+        with open(control_file, "w") as fh:
+            fh.write("3\n")
+    except OSError as exc:
+        return False, (f"could not drop the page cache ({control_file}: {exc.strerror or exc}); "
+                       "figures are NOT cold: rerun as root on a host that allows it")
+    return True, f"page cache dropped ({control_file}) before every timed loader run"
+
+
+def warm_files(paths: Iterable[Path]) -> tuple[bool, str]:
+    """Read files once so they sit in the page cache; refuse when they cannot all fit."""
+    files = [Path(p) for p in paths]
+    total = sum(p.stat().st_size for p in files)
+    available = psutil.virtual_memory().available
+    if total > available // 2:
+        return False, (f"data ({total / 1e9:.1f} GB) exceeds half the available memory "
+                       f"({available / 1e9:.1f} GB): the page cache cannot hold it, figures are partly cold")
+    for path in files:
+        with open(path, "rb", buffering=0) as fh:
+            while fh.read(_READ_CHUNK):
+                pass
+    return True, f"warm: {total / 1e6:.0f} MB read into the page cache before timing"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU, cores, memory, OS and library versions: what a reader needs to compare figures."""
+    import torch
+
+    return {
+        "cpu": _cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": usable_cpus(),
+        "memory_gb": round(psutil.virtual_memory().total / 1e9, 1),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "versions": {name: _version(name) for name in _VERSIONED},
+    }
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
