@@ -118,6 +118,7 @@ def test_jpeg_draft_stays_close_to_full_decode(tmp_path):
     assert np.abs(fast.astype(int) - exact.astype(int)).mean() < 1.0
 
 
+@pytest.mark.slow  # worker processes import torch (through vlpipe.cache) on start
 def test_rebuild_is_byte_identical_across_process_counts(tmp_path):
     items = cachegen.hard_items() + cachegen.photo_items(6, 100)
     src = cachegen.write_layout(tmp_path / "src", "webdataset", [items[:5], items[5:10], items[10:]])
@@ -216,3 +217,11 @@ def test_captions_folder_is_chunked_into_shards(tmp_path):
     assert m.skipped == {"missing_image": 1}
     _, _, _, _, meta = read_cache_as_user(tmp_path / "cache")
     assert [r["key"] for r in meta] == [f"sub/{i:09d}" for i in range(7)]
+
+
+def test_nothing_decodable_is_an_error_not_an_empty_cache(tmp_path):
+    broken = [cachegen.Item(f"{i:09d}", b"not an image", "jpg", "a caption") for i in range(3)]
+    src = cachegen.write_layout(tmp_path / "src", "files", [broken])
+    with pytest.raises(VlpipeError, match=r"no sample could be cached \(3 undecodable\); see .*skipped.parquet"):
+        build_cache(src, tmp_path / "cache", processes=1, **OPTS)
+    assert not (tmp_path / "cache/manifest.json").exists()

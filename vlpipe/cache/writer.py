@@ -266,6 +266,9 @@ def _write_manifest(out: Path, options: BuildOptions, source: Source, records: l
                                  schema=pa.schema([(f, pa.string()) for f in SKIP_FIELDS]))
     with atomic_path(out / SKIPPED_FILE) as tmp:
         pq.write_table(table, tmp)
+    if not any(rec["num_samples"] for rec in records):
+        reasons = ", ".join(f"{n} {r}" for r, n in sorted(Counter(s["reason"] for s in skips).items())) or "none found"
+        raise VlpipeError(f"{source.root}: no sample could be cached ({reasons}); see {out / SKIPPED_FILE}")
     text_fields = tokenizer.to_manifest()
     text = TextSpec(tokenizer_file=TOKENIZER_FILE, tokenizer_sha256=sha256_file(out / TOKENIZER_FILE),
                     tokenizer_spec=options.tokenizer, vocab_size=text_fields["vocab_size"],
