@@ -1,0 +1,149 @@
+"""End to end: `vlpipe fetch tsv` with real img2dataset downloads from a local server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from imageserver import CASES, ImageServer, assert_kept_image
+
+from vlpipe.cli.fetch import fetch
+from vlpipe.errors import VlpipeError
+from vlpipe.fetch.report import fetch_report
+
+# Small everything: one process, small shards, short timeouts (the trickling case waits 2 s).
+FAST = ["--processes", "1", "--threads", "8", "--shard-size", "10", "--timeout", "1", "--deadline", "2",
+        "--max-pixels", "4000000", "--allow-private-network"]  # fmt: skip
+
+
+def run_fetch(server: ImageServer, out: Path, *extra: str, listing: str = "/list.tsv") -> dict:
+    result = CliRunner().invoke(
+        fetch, ["tsv", server.base + listing, "--out", str(out), "--download-dir", str(out.parent / "dl"), *extra],
+        catch_exceptions=False,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return fetch_report(out)
+
+
+def read_samples(out: Path) -> dict[str, dict[str, bytes]]:
+    samples: dict[str, dict[str, bytes]] = {}
+    for shard in sorted(out.glob("[0-9]*.tar")):
+        with tarfile.open(shard) as tar:
+            for member in tar:
+                key, ext = member.name.split(".")
+                samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
+    return samples
+
+
+def drop_reasons(out: Path) -> dict[str, str]:
+    """caption-less view: url -> reason over every drop record (selection and shards)."""
+    reasons = {}
+    for path in [out / "vlpipe_selection_drops.parquet", *sorted(out.glob("vlpipe_*_drops.parquet"))]:
+        for row in pq.read_table(path).to_pylist():
+            reasons[(row["row"], row["url"])] = row["reason"]
+    return reasons
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ImageServer]:
+    with ImageServer() as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def fetched(server: ImageServer, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("fetch") / "out"
+    return out, run_fetch(server, out, *FAST)
+
+
+def test_kept_images_are_exactly_the_correct_ones(fetched: tuple[Path, dict]) -> None:
+    out, _ = fetched
+    samples = read_samples(out)
+    by_caption = {s["txt"].decode(): s for s in samples.values()}
+    expected_kept = [c for c in CASES if c.expect == "kept"]
+    assert sorted(by_caption) == sorted(f"a picture of {c.name}" for c in expected_kept)
+    for case in expected_kept:
+        sample = by_caption[f"a picture of {case.name}"]
+        assert_kept_image(sample["jpg"], case)
+        meta = json.loads(sample["json"])
+        assert meta["status"] == "success" and meta["caption"] == f"a picture of {case.name}"
+
+
+def test_every_drop_has_its_reason(fetched: tuple[Path, dict], server: ImageServer) -> None:
+    out, report = fetched
+    reasons = drop_reasons(out)
+    expected = {(row, server.url(c)): c.expect for row, c in enumerate(CASES) if c.expect != "kept"}
+    assert reasons == expected
+    assert report["attempted"] == len(CASES) == report["kept"] + report["dropped_total"]
+    assert report["kept"] == sum(c.expect == "kept" for c in CASES)
+    assert report["complete"] and report["shards_done"] == report["shards_expected"] == 3
+    assert report["bytes_downloaded"] > 0 and report["bytes_written"] > 0 and report["images_per_s"] > 0
+
+
+def test_layout_feeds_build_cache(fetched: tuple[Path, dict]) -> None:
+    out, _ = fetched
+    names = sorted(p.name for p in out.iterdir())
+    assert [n for n in names if n.endswith(".tar")] == ["00000.tar", "00001.tar", "00002.tar"]
+    for name in names:
+        assert name.startswith(("0000", "vlpipe_")), name  # only img2dataset names and vlpipe_* extras
+    meta = pq.read_table(out / "00000.parquet").to_pylist()
+    assert {"key", "caption", "url", "status", "width", "height", "sha256"} <= set(meta[0])
+    assert not (out / "vlpipe_staging" / "00000.tar").exists()  # raw bytes removed once verified
+
+
+def test_report_cli(fetched: tuple[Path, dict]) -> None:
+    out, report = fetched
+    result = CliRunner().invoke(fetch, ["report", str(out), "--json"])
+    assert result.exit_code == 0 and json.loads(result.output) == report
+    text = CliRunner().invoke(fetch, ["report", str(out)]).output
+    assert "redirect_loop" in text and f"kept        {report['kept']}" in text
+
+
+@pytest.mark.slow
+def test_resume_after_interrupted_run(
+    fetched: tuple[Path, dict], server: ImageServer, tmp_path: Path
+) -> None:
+    out, report = fetched
+    resumed = tmp_path / "out"
+    shutil.copytree(out, resumed)
+    # The states a kill can leave: shard 0 downloaded by img2dataset (its stats file exists) but
+    # never verified, with a half-written verified tar under a temporary name; shard 2 done.
+    for name in ("00000.tar", "00000.parquet", "00000_stats.json", "vlpipe_00000_done.json",
+                 "vlpipe_00000_drops.parquet"):  # fmt: skip
+        (resumed / name).unlink()
+    (resumed / ".tmp-4242-00000.tar").write_bytes((out / "00000.tar").read_bytes()[:1000])
+    requests_before = len(server.requests)
+    again = run_fetch(server, resumed, *FAST)
+    assert read_samples(resumed) == read_samples(out)
+    assert drop_reasons(resumed) == drop_reasons(out)
+    assert {k: again[k] for k in ("attempted", "kept", "dropped")} == {
+        k: report[k] for k in ("attempted", "kept", "dropped")
+    }
+    assert again["runs"] == 2 and not list(resumed.glob(".tmp-*"))
+    # Only shard 0 was downloaded again.
+    assert 0 < len(server.requests) - requests_before <= 12
+
+
+def test_rerun_with_other_options_is_refused(fetched: tuple[Path, dict], server: ImageServer) -> None:
+    out, _ = fetched
+    result = CliRunner().invoke(
+        fetch, ["tsv", server.base + "/list.tsv", "--out", str(out), *FAST, "--min-side", "8"]
+    )
+    assert isinstance(result.exception, VlpipeError) and "min_side" not in str(result.exception)
+    assert "verify" in str(result.exception)
+
+
+@pytest.mark.slow
+def test_loopback_refused_without_flag(server: ImageServer, tmp_path: Path) -> None:
+    no_flag = [a for a in FAST if a != "--allow-private-network"]
+    requests_before = len(server.requests)
+    report = run_fetch(server, tmp_path / "out", *no_flag, "--subset", "3", listing="/list-3.tsv")
+    assert report["kept"] == 0 and report["dropped"] == {"private_address": 3}
+    # The list itself was fetched (the user asked for it); no image URL was contacted.
+    assert server.requests[requests_before:] == ["/list-3.tsv"]

@@ -1,0 +1,113 @@
+"""The URL guard: non-public hosts, schemes, overall deadline and size limit, on a real local server."""
+
+from __future__ import annotations
+
+import urllib.error
+
+import pytest
+from imageserver import ImageServer
+
+from vlpipe.fetch import safety
+from vlpipe.fetch.safety import PolicyError, UrlPolicy, build_opener, is_public_address, scheme_problem
+
+
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [
+        ("8.8.8.8", True),
+        ("2606:4700:4700::1111", True),
+        ("127.0.0.1", False),
+        ("10.1.2.3", False),
+        ("192.168.0.1", False),
+        ("172.16.5.4", False),
+        ("169.254.169.254", False),  # cloud metadata
+        ("100.64.0.1", False),  # carrier-grade NAT
+        ("0.0.0.0", False),
+        ("224.0.0.1", False),
+        ("::1", False),
+        ("fe80::1", False),
+        ("fd00::1", False),
+        ("::ffff:127.0.0.1", False),
+    ],
+)
+def test_is_public_address(address: str, public: bool) -> None:
+    assert is_public_address(address) is public
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://a.com/x.jpg", None),
+        ("HTTPS://a.com/x.jpg", None),
+        ("file:///etc/passwd", "bad_scheme"),
+        ("ftp://a.com/x.jpg", "bad_scheme"),
+        ("data:image/png;base64,AAAA", "bad_scheme"),
+        ("http:///x.jpg", "bad_url"),
+    ],
+)
+def test_scheme_problem(url: str, problem: str | None) -> None:
+    assert scheme_problem(url) == problem
+
+
+def reason_of(exc: BaseException) -> str:
+    cause = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    assert isinstance(cause, PolicyError), repr(exc)
+    return cause.reason
+
+
+def test_loopback_refused_unless_allowed() -> None:
+    with ImageServer() as server:
+        with pytest.raises(urllib.error.URLError) as info:
+            build_opener(UrlPolicy()).open(server.base + "/img/jpeg", timeout=2)
+        assert reason_of(info.value) == "private_address"
+        assert server.requests == []  # refused before connecting
+        body = (
+            build_opener(UrlPolicy(allow_private_network=True))
+            .open(server.base + "/img/jpeg", timeout=2)
+            .read()
+        )
+        assert body == server.body("jpeg")
+
+
+def test_metadata_address_refused() -> None:
+    with pytest.raises(urllib.error.URLError) as info:
+        build_opener(UrlPolicy()).open("http://169.254.169.254/latest/meta-data/", timeout=2)
+    assert reason_of(info.value) == "private_address"
+
+
+def test_redirect_to_private_host_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Treat only the test server (127.0.0.1) as public, so the first hop goes through and the
+    # redirect hop to 169.254.169.254 is judged on its own new connection.
+    monkeypatch.setattr(safety, "is_public_address", lambda address: address == "127.0.0.1")
+    with ImageServer() as server:
+        with pytest.raises(urllib.error.URLError) as info:
+            build_opener(UrlPolicy()).open(server.base + "/metadata-redirect", timeout=2)
+        assert reason_of(info.value) == "private_address"
+        assert server.requests == ["/metadata-redirect"]
+
+
+def test_other_schemes_refused() -> None:
+    opener = build_opener(UrlPolicy(allow_private_network=True))
+    for url in ("file:///etc/passwd", "ftp://127.0.0.1/x", "data:text/plain,hi"):
+        with pytest.raises(PolicyError) as info:
+            opener.open(url, timeout=2)
+        assert info.value.reason == "bad_scheme"
+
+
+def test_overall_deadline_stops_trickling_server() -> None:
+    with ImageServer() as server:
+        opener = build_opener(UrlPolicy(allow_private_network=True, deadline_s=1.0))
+        response = opener.open(server.base + "/trickle", timeout=5)  # each byte arrives within 5 s
+        with pytest.raises(PolicyError) as info:
+            response.read()
+        assert info.value.reason == "timeout"
+
+
+def test_response_size_limit() -> None:
+    with ImageServer() as server:
+        opener = build_opener(UrlPolicy(allow_private_network=True, max_bytes=1200))
+        assert opener.open(server.base + "/img/tiny", timeout=2).read() == server.body("tiny")
+        assert len(server.body("jpeg")) > 1200
+        with pytest.raises(PolicyError) as info:
+            opener.open(server.base + "/img/jpeg", timeout=2).read()
+        assert info.value.reason == "too_large"

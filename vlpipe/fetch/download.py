@@ -1,0 +1,110 @@
+"""Run img2dataset as a downloader only, with our URL guard and per-shard verification plugged in.
+
+img2dataset's `download()` has no hook for how a URL is fetched or what happens after a shard is
+written, so for the duration of the call we swap the `Downloader` class it instantiates for a
+subclass. The subclass is pickled into every download process (multiprocessing, Spark or Ray
+workers alike), where it (1) installs the guarded urllib opener from `safety.py` and (2) verifies
+each shard right after img2dataset finished it, so verification runs in parallel with downloads
+on every distributor.
+
+Multiprocessing note: img2dataset uses the "spawn" start method, which re-imports the caller's
+main module in every worker. The `vlpipe` command and pytest are safe; a script calling
+`fetch_tsv` must keep its top-level code under `if __name__ == "__main__":`.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations phones PyPI on import otherwise
+
+from img2dataset.downloader import Downloader  # noqa: E402
+
+from vlpipe.fetch.safety import UrlPolicy, install_guard  # noqa: E402
+from vlpipe.fetch.verify import VerifyConfig, verify_shard  # noqa: E402
+
+# The package re-exports a function named `main`, shadowing the submodule as an attribute.
+i2d_main = importlib.import_module("img2dataset.main")
+DISTRIBUTORS = ("multiprocessing", "pyspark", "ray")
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    """img2dataset settings; changing them between runs of the same output is allowed."""
+
+    processes: int = field(default_factory=lambda: os.cpu_count() or 1)
+    threads: int = 64
+    timeout: float = 10.0  # per socket operation (img2dataset's own meaning)
+    retries: int = 0
+    distributor: str = "multiprocessing"
+
+
+class VerifyingDownloader(Downloader):
+    """img2dataset's Downloader, fetching through the URL guard and verifying each finished shard."""
+
+    def __init__(self, *, policy: UrlPolicy, verify: VerifyConfig, final_dir: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.policy = policy
+        self.verify = verify
+        self.final_dir = final_dir
+
+    def __call__(self, row: Any) -> Any:
+        install_guard(self.policy)
+        return super().__call__(row)
+
+    def download_shard(self, row: Any) -> None:
+        super().download_shard(row)
+        verify_shard(Path(self.output_folder), Path(self.final_dir), row[0], self.verify)
+
+
+def run_img2dataset(
+    input_parquet: Path,
+    staging: Path,
+    out: Path,
+    *,
+    shard_size: int,
+    download: DownloadConfig,
+    policy: UrlPolicy,
+    verify: VerifyConfig,
+) -> None:
+    """Download every not-yet-done shard of `input_parquet` into `staging`, verified into `out`."""
+    factory = functools.partial(VerifyingDownloader, policy=policy, verify=verify, final_dir=str(out))
+    original = i2d_main.Downloader
+    previous_sigint = signal.getsignal(signal.SIGINT)
+    i2d_main.Downloader = factory  # type: ignore[misc]
+    try:
+        i2d_main.download(
+            url_list=str(input_parquet),
+            input_format="parquet",
+            url_col="url",
+            caption_col="caption",
+            save_additional_columns=["row"],
+            output_folder=str(staging),
+            output_format="webdataset",
+            processes_count=download.processes,
+            thread_count=download.threads,
+            number_sample_per_shard=shard_size,
+            timeout=download.timeout,
+            retries=download.retries,
+            distributor=download.distributor,
+            # Keep the original bytes: decoding and resizing are done right in verify.py.
+            disable_all_reencoding=True,
+            extract_exif=False,
+            compute_hash="sha256",
+            incremental_mode="incremental",
+            enable_wandb=False,
+            user_agent_token="vlpipe",
+            max_shard_retry=1,
+        )
+    except SystemExit as exc:
+        # img2dataset's SIGINT handler cleans up and calls sys.exit(0); a Ctrl-C is not success.
+        raise KeyboardInterrupt from exc
+    finally:
+        i2d_main.Downloader = original  # type: ignore[misc]
+        signal.signal(signal.SIGINT, previous_sigint)

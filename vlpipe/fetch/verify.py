@@ -1,0 +1,202 @@
+"""Turn one raw img2dataset shard into a verified shard plus one drop record per dropped sample.
+
+img2dataset is run with all re-encoding disabled, so its staged shard holds the original bytes.
+Here every image is decoded with `vlpipe.imaging.load_rgb` (EXIF, 16-bit, CMYK, alpha ... done
+right), checked for size/aspect/area, and stored as an upright RGB JPEG whose shorter side is at
+most `image_size`. Everything img2dataset reported as failed is mapped to a short reason.
+
+Crash safety: every output file is written under a temporary name and renamed; the
+`vlpipe_NNNNN_done.json` record is written last, and the staged raw files are deleted only after
+it, so a killed run can always redo an unfinished shard from its raw files.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import tarfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vlpipe.fetch.safety import REASON_PREFIX
+from vlpipe.imaging import ImageError, check_geometry, load_rgb, resize_shorter
+from vlpipe.utils.atomic import atomic_path, write_json_atomic
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    """What counts as a correct image and how kept images are stored."""
+
+    min_side: int = 64  # smaller images only become blur once upscaled for a 224 px model
+    max_aspect: float = 3.0  # wider strips lose most of their content to a square center crop
+    max_pixels: int = 40_000_000  # checked from the header before decoding (decompression bombs)
+    image_size: int = 256  # kept images: shorter side resized down to this (0 = keep original size)
+    jpeg_quality: int = 95
+
+
+def shard_name(shard_id: int) -> str:
+    return f"{shard_id:05d}"
+
+
+def done_path(out: Path, shard_id: int) -> Path:
+    return out / f"vlpipe_{shard_name(shard_id)}_done.json"
+
+
+def drops_path(out: Path, shard_id: int) -> Path:
+    return out / f"vlpipe_{shard_name(shard_id)}_drops.parquet"
+
+
+_HTTP_RE = re.compile(r"HTTP Error (\d{3})")
+# Substrings of urllib/http.client/ssl error messages, most specific first.
+_ERROR_PATTERNS = (
+    ("timed out", "timeout"),
+    ("Connection refused", "connection_refused"),
+    ("Name or service not known", "dns_error"),
+    ("Temporary failure in name resolution", "dns_error"),
+    ("IncompleteRead", "truncated"),
+    ("Remote end closed connection", "connection_closed"),
+    ("Connection reset", "connection_closed"),
+    ("SSL", "ssl_error"),
+    ("CERTIFICATE", "ssl_error"),
+    ("X-Robots-Tag", "robots_disallowed"),
+    ("hash mismatch", "hash_mismatch"),
+    ("unknown url type", "bad_scheme"),
+)
+
+
+def map_error(message: str) -> str:
+    """img2dataset's free-text `error_message` -> a short, stable drop reason."""
+    marker = message.find(REASON_PREFIX)
+    if marker >= 0:
+        return re.split(r"[\s>]", message[marker + len(REASON_PREFIX) :], maxsplit=1)[0]
+    if "infinite loop" in message:
+        return "redirect_loop"
+    match = _HTTP_RE.search(message)
+    if match:
+        return f"http_{match.group(1)}"
+    for needle, reason in _ERROR_PATTERNS:
+        if needle.lower() in message.lower():
+            return reason
+    return "download_error"
+
+
+def _read_tar(path: Path) -> dict[str, dict[str, bytes]]:
+    """key -> {extension: bytes} for a webdataset tar."""
+    samples: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(path) as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            key, _, ext = member.name.partition(".")
+            data = tar.extractfile(member)
+            samples.setdefault(key, {})[ext] = data.read() if data else b""
+    return samples
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    # Fixed metadata so that the same input gives a byte-identical shard on every run.
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _normalize(data: bytes, cfg: VerifyConfig) -> tuple[bytes, dict[str, int]]:
+    """Decode, check and re-encode one image; raises ImageError with the drop reason."""
+    img = load_rgb(data, max_pixels=cfg.max_pixels, draft_size=cfg.image_size or None)
+    width, height = img.info["original_size"]
+    reason = check_geometry(
+        width, height, min_side=cfg.min_side, max_aspect=cfg.max_aspect, max_pixels=cfg.max_pixels
+    )
+    if reason:
+        raise ImageError(reason, f"{width}x{height}")
+    if cfg.image_size and min(img.size) > cfg.image_size:
+        img = resize_shorter(img, cfg.image_size)
+    buffer = io.BytesIO()
+    img.save(buffer, format="JPEG", quality=cfg.jpeg_quality)
+    sizes = {"width": img.size[0], "height": img.size[1], "original_width": width, "original_height": height}
+    return buffer.getvalue(), sizes
+
+
+def verify_shard(staging: Path, out: Path, shard_id: int, cfg: VerifyConfig) -> dict[str, Any]:
+    """Verify staged shard `shard_id` into `out`; returns (and writes last) its done record."""
+    start = time.time()
+    name = shard_name(shard_id)
+    rows = pq.read_table(staging / f"{name}.parquet").to_pylist()
+    raw = _read_tar(staging / f"{name}.tar")
+    stats = json.loads((staging / f"{name}_stats.json").read_text())
+    rows.sort(key=lambda r: r["key"])
+
+    meta_rows: list[dict[str, Any]] = []
+    drops: list[dict[str, Any]] = []
+    tar_path = out / f"{name}.tar"
+    with atomic_path(tar_path) as tmp, tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+        for row in rows:
+            record = {
+                "key": row["key"], "row": row.get("row"), "caption": row.get("caption"), "url": row["url"],
+                "status": "success", "error_message": None, "width": None, "height": None,
+                "original_width": None, "original_height": None, "sha256": row.get("sha256"),
+            }  # fmt: skip
+            if row["status"] != "success":
+                reason, detail, stage = (
+                    map_error(row["error_message"] or ""),
+                    row["error_message"],
+                    "download",
+                )
+            else:
+                try:
+                    data, sizes = _normalize(raw[row["key"]]["jpg"], cfg)
+                except ImageError as exc:
+                    reason, detail, stage = exc.reason, exc.detail, "verify"
+                else:
+                    record.update(sizes)
+                    meta_rows.append(record)
+                    _add(tar, f"{row['key']}.jpg", data)
+                    _add(tar, f"{row['key']}.txt", (row.get("caption") or "").encode("utf-8"))
+                    _add(tar, f"{row['key']}.json", json.dumps(record, indent=1).encode("utf-8"))
+                    continue
+            record.update(status="failed_to_download" if stage == "download" else "failed_to_resize")
+            record["error_message"] = reason
+            meta_rows.append(record)
+            drops.append({"key": row["key"], "row": row.get("row"), "url": row["url"],
+                          "reason": reason, "detail": detail or "", "stage": stage})  # fmt: skip
+
+    kept = sum(1 for r in meta_rows if r["status"] == "success")
+    with atomic_path(out / f"{name}.parquet") as tmp:
+        pq.write_table(pa.Table.from_pylist(meta_rows), tmp)
+    drop_schema = pa.schema(
+        [("key", pa.string()), ("row", pa.int64()), ("url", pa.string()), ("reason", pa.string()),
+         ("detail", pa.string()), ("stage", pa.string())]
+    )  # fmt: skip
+    with atomic_path(drops_path(out, shard_id)) as tmp:
+        pq.write_table(pa.Table.from_pylist(drops, schema=drop_schema), tmp)
+    write_json_atomic(
+        out / f"{name}_stats.json",
+        {"count": len(rows), "successes": kept, "failed_to_download": stats["failed_to_download"],
+         "failed_to_resize": len(rows) - kept - stats["failed_to_download"],
+         "start_time": stats["start_time"], "end_time": time.time()},
+    )  # fmt: skip
+    done = {
+        "shard": name,
+        "attempted": len(rows),
+        "kept": kept,
+        "dropped": dict(sorted(Counter(d["reason"] for d in drops).items())),
+        "bytes_downloaded": sum(len(s.get("jpg", b"")) for s in raw.values()),
+        "bytes_written": tar_path.stat().st_size,
+        "download_seconds": stats["duration"],
+        "verify_seconds": time.time() - start,
+        "download_start": stats["start_time"],
+        "verify_end": time.time(),
+        "config": asdict(cfg),
+    }
+    write_json_atomic(done_path(out, shard_id), done)
+    for leftover in (staging / f"{name}.tar", staging / f"{name}.parquet"):
+        leftover.unlink(missing_ok=True)
+    return done
