@@ -1,0 +1,110 @@
+"""Checkpoints: safetensors + JSON only, atomic, exact round trip of weights, optimizer and RNG."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from vlpipe.errors import VlpipeError
+from vlpipe.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+
+
+class Tied(nn.Module):
+    """Embedding and output layer share a weight, as the MLM head does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(11, 4)
+        self.mid = nn.Linear(4, 4)
+        self.out = nn.Linear(4, 11, bias=False)
+        self.out.weight = self.emb.weight
+
+    def forward(self, x):
+        return self.out(torch.relu(self.mid(self.emb(x))))
+
+
+def _trained(seed: int) -> tuple[nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(seed)
+    model = Tied()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    for _ in range(2):
+        model(torch.arange(11)).logsumexp(-1).sum().backward()
+        opt.step()
+        opt.zero_grad()
+    return model, opt
+
+
+def _save(run, step, model, opt, **kw):
+    return save_checkpoint(run, step, model=model, teacher=model, optimizer=opt, state={"micro": step},
+                           config={"x": 1}, **kw)
+
+
+def test_round_trip_restores_weights_optimizer_and_rng(tmp_path):
+    model, opt = _trained(0)
+    torch.manual_seed(123)
+    path = _save(tmp_path, 7, model, opt)
+    expected_rng = torch.rand(3)
+    fresh, fresh_opt = _trained(1)
+    state = load_checkpoint(path, model=fresh, teacher=None, optimizer=fresh_opt)
+    assert state["step"] == 7 and state["micro"] == 7
+    assert torch.equal(torch.rand(3), expected_rng)
+    for a, b in zip(model.state_dict().values(), fresh.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert fresh.out.weight is fresh.emb.weight  # still tied after loading
+    sa, sb = opt.state_dict(), fresh_opt.state_dict()
+    assert sa["param_groups"] == sb["param_groups"]
+    for pid, entries in sa["state"].items():
+        for name, value in entries.items():
+            assert torch.equal(value, sb["state"][pid][name])
+    # one more identical update from both gives identical weights
+    for m, o in ((model, opt), (fresh, fresh_opt)):
+        m(torch.arange(11)).sum().backward()
+        o.step()
+    assert torch.equal(model.mid.weight, fresh.mid.weight)
+
+
+def test_files_are_safetensors_and_json(tmp_path):
+    model, opt = _trained(0)
+    path = _save(tmp_path, 1, model, opt)
+    assert sorted(p.name for p in path.iterdir()) == [
+        "config.json", "model.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json",
+        "teacher.safetensors"]
+    assert any(k.endswith("exp_avg") for k in load_file(path / "optimizer.safetensors"))
+    json.loads((path / "state.json").read_text())
+    assert json.loads((path / "config.json").read_text()) == {"x": 1}
+
+
+def test_latest_pointer_and_pruning(tmp_path):
+    model, opt = _trained(0)
+    assert latest_checkpoint(tmp_path) is None
+    for step in (1, 2, 3):
+        _save(tmp_path, step, model, opt, keep_last=2)
+    assert latest_checkpoint(tmp_path).name == "step_00000003"
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "latest.json", "step_00000002", "step_00000003"]
+
+
+def test_failed_write_leaves_previous_checkpoint_current(tmp_path, monkeypatch):
+    model, opt = _trained(0)
+    _save(tmp_path, 1, model, opt)
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("vlpipe.train.checkpoint.save_file", broken)
+    with pytest.raises(OSError):
+        _save(tmp_path, 2, model, opt)
+    assert latest_checkpoint(tmp_path).name == "step_00000001"
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest.json", "step_00000001"]
+
+
+def test_mismatched_model_is_a_clear_error(tmp_path):
+    model, opt = _trained(0)
+    path = _save(tmp_path, 1, model, opt)
+    with pytest.raises(VlpipeError, match="does not match the model"):
+        load_checkpoint(path, model=nn.Linear(4, 4), teacher=None, optimizer=None)
+    (tmp_path / "checkpoints" / "latest.json").write_text('{"checkpoint": "step_99"}')
+    with pytest.raises(VlpipeError, match="missing or incomplete"):
+        latest_checkpoint(tmp_path)

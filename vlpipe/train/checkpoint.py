@@ -1,0 +1,175 @@
+"""Checkpoints a user can open safely: safetensors for every tensor, JSON for everything else.
+
+Layout of `RUN_DIR/checkpoints/step_00001234/`:
+  model.safetensors      student weights (tied weights stored once, see `safetensors.torch.save_model`)
+  teacher.safetensors    EMA teacher weights (MIM targets)
+  optimizer.safetensors  AdamW moments and step counts, keyed `state.<param>.<name>`
+  rng.safetensors        torch CPU (and CUDA) generator states, for dropout
+  state.json             optimizer param groups, trainer counters, sampler position, metrics so far
+  config.json            the run config and the model config: enough to rebuild the model alone
+
+A checkpoint is written into a `.tmp-` directory and renamed into place, then `latest.json` is
+replaced atomically to point at it, so a crash at any moment leaves the previous checkpoint
+complete and current. Loading never executes pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+from torch import nn
+
+from vlpipe.errors import VlpipeError
+from vlpipe.utils.atomic import TMP_PREFIX, write_json_atomic
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest.json"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def optimizer_state_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split `optimizer.state_dict()` into tensors (for safetensors) and JSON-ready values."""
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for param_id, entries in state["state"].items():
+        for name, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{param_id}.{name}"] = value.detach().contiguous().cpu()
+            else:
+                scalars.setdefault(str(param_id), {})[name] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def optimizer_state_from_files(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    """Inverse of `optimizer_state_to_files`: a dict for `optimizer.load_state_dict`."""
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        _, param_id, name = key.split(".", 2)
+        state.setdefault(int(param_id), {})[name] = value
+    for param_id, entries in meta["scalars"].items():
+        state.setdefault(int(param_id), {}).update(entries)
+    # JSON turned tuples such as `betas` into lists; give the optimizer back what it saved.
+    groups = [{k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in g.items()}
+              for g in meta["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def rng_state() -> dict[str, torch.Tensor]:
+    out = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["torch_cuda"] = torch.cuda.get_rng_state()
+    return out
+
+
+def set_rng_state(states: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(states["torch_cpu"])
+    if "torch_cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states["torch_cuda"])
+
+
+def save_checkpoint(
+    run_dir: str | os.PathLike[str],
+    step: int,
+    *,
+    model: nn.Module,
+    teacher: nn.Module | None,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    config: dict[str, Any],
+    keep_last: int = 2,
+) -> Path:
+    """Write checkpoint `step` atomically, point `latest.json` at it, prune older ones."""
+    root = Path(run_dir) / CHECKPOINTS
+    final = root / checkpoint_name(step)
+    tmp = root / f"{TMP_PREFIX}{os.getpid()}-{final.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        save_model(model, str(tmp / "model.safetensors"))
+        if teacher is not None:
+            save_model(teacher, str(tmp / "teacher.safetensors"))
+        opt_tensors, opt_meta = optimizer_state_to_files(optimizer)
+        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        save_file(rng_state(), str(tmp / "rng.safetensors"))
+        write_json_atomic(tmp / "state.json", {**state, "step": step, "optimizer": opt_meta})
+        write_json_atomic(tmp / "config.json", config)
+        for path in tmp.iterdir():
+            with open(path, "rb") as fh:
+                os.fsync(fh.fileno())
+        if final.exists():  # rewriting the same step (e.g. the end of a resumed run)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    write_json_atomic(root / LATEST, {"checkpoint": final.name, "step": step})
+    _prune(root, keep_last, keep=final.name)
+    return final
+
+
+def _prune(root: Path, keep_last: int, keep: str) -> None:
+    """Remove all but the newest `keep_last` checkpoints (never the one just written)."""
+    if keep_last < 1:
+        return
+    names = sorted(p.name for p in root.glob("step_*") if p.is_dir())
+    for name in names[:-keep_last]:
+        if name != keep:
+            shutil.rmtree(root / name, ignore_errors=True)
+
+
+def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
+    """The checkpoint `latest.json` points at, or None when the run has none yet."""
+    pointer = Path(run_dir) / CHECKPOINTS / LATEST
+    if not pointer.exists():
+        return None
+    try:
+        name = json.loads(pointer.read_text(encoding="utf-8"))["checkpoint"]
+    except (ValueError, KeyError) as exc:
+        raise VlpipeError(f"{pointer} is not a valid checkpoint pointer ({exc})") from exc
+    path = pointer.parent / name
+    if not (path / "state.json").exists():
+        raise VlpipeError(f"{pointer} points at {path}, which is missing or incomplete")
+    return path
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    model: nn.Module,
+    teacher: nn.Module | None,
+    optimizer: torch.optim.Optimizer | None,
+    device: torch.device | str = "cpu",
+    restore_rng: bool = True,
+) -> dict[str, Any]:
+    """Load weights (and optionally optimizer and RNG) in place; returns the trainer state dict."""
+    path = Path(path)
+    state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    _load_weights(model, path / "model.safetensors", device)
+    if teacher is not None and (path / "teacher.safetensors").exists():
+        _load_weights(teacher, path / "teacher.safetensors", device)
+    if optimizer is not None:
+        # Loaded on the CPU: `load_state_dict` moves moments to each parameter's device itself and
+        # keeps the `step` counters where the optimizer implementation expects them.
+        tensors = load_file(str(path / "optimizer.safetensors"))
+        optimizer.load_state_dict(optimizer_state_from_files(tensors, state["optimizer"]))
+    if restore_rng:
+        set_rng_state(load_file(str(path / "rng.safetensors")))
+    return state
+
+
+def _load_weights(model: nn.Module, file: Path, device: torch.device | str) -> None:
+    missing, unexpected = load_model(model, str(file), strict=False, device=str(device))
+    if missing or unexpected:
+        raise VlpipeError(
+            f"{file} does not match the model: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )

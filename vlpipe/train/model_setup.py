@@ -1,0 +1,78 @@
+"""Building what the loop trains: the model sized to the cache, its optimizer, its loader."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from vlpipe.cache.format import Manifest
+from vlpipe.cache.loader import CacheLoader
+from vlpipe.cache.reader import CacheDataset
+from vlpipe.cache.sampler import CacheSampler
+from vlpipe.errors import VlpipeError
+from vlpipe.model import ModelConfig, build_model, make_config
+from vlpipe.train.config import PretrainConfig
+
+
+def cache_geometry(manifest: Manifest) -> dict[str, Any]:
+    """Model settings dictated by the cache: vocabulary, sequence length, patch grid, pixel statistics."""
+    return {
+        "vocab_size": manifest.text.vocab_size,
+        "max_len": manifest.text.max_len,
+        "image_size": manifest.image.image_size,
+        "patch_size": manifest.image.patch_size,
+        "pixel_mean": tuple(manifest.image.mean),
+        "pixel_std": tuple(manifest.image.std),
+    }
+
+
+def model_config_for(config: PretrainConfig, manifest: Manifest) -> ModelConfig:
+    """The preset sized to the cache, reshaped like the pretrained weights if any are imported."""
+    from vlpipe.model.importers import text_init, vision_init
+
+    geometry = cache_geometry(manifest)
+    cfg = make_config(config.preset, **{**config.model_overrides, **geometry})
+    if config.text_init:
+        cfg = text_init(cfg, config.text_init)
+    if config.vision_init:
+        cfg = vision_init(cfg, config.vision_init)
+        if cfg.vision.patch_size != geometry["patch_size"]:
+            raise VlpipeError(
+                f"{config.vision_init} has {cfg.vision.patch_size}px patches but the cache {config.cache} "
+                f"has {geometry['patch_size']}px; rebuild the cache with --patch-size {cfg.vision.patch_size}"
+            )
+    return cfg
+
+
+def build_pretrain_model(config: PretrainConfig, manifest: Manifest) -> nn.Module:
+    """Build the model for a run and load pretrained text/vision weights when asked."""
+    from vlpipe.model.importers import text_init, vision_init
+
+    model = build_model(model_config_for(config, manifest))
+    if config.text_init:
+        text_init(model, config.text_init)
+    if config.vision_init:
+        vision_init(model, config.vision_init)
+    return model
+
+
+def make_optimizer(model: nn.Module, config: PretrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW without weight decay on biases, norms and other 1-d tensors (as BERT and ViT do).
+
+    The fused CUDA kernel updates all parameters in a few launches instead of several per tensor.
+    """
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.ndim >= 2 else no_decay).append(param)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas), fused=device.type == "cuda")
+
+
+def make_loader(dataset: CacheDataset, sampler: CacheSampler, config: PretrainConfig,
+                device: torch.device) -> CacheLoader:
+    """Ring-buffer loader; pinned memory on GPU so host-to-device copies overlap compute."""
+    return CacheLoader(dataset, batch_size=config.batch_size, sampler=sampler, mode=config.loader_mode,
+                       workers=config.workers, pin_memory=device.type == "cuda", drop_last=True)
