@@ -2,7 +2,8 @@
 
 Writes a synthetic cache (random pixels; only the bytes moved matter), warms the page cache,
 then times shuffled epochs of batch 64 at 224 px / 16-px patches. Each row is the median of
-`--runs` runs of `--batches` timed batches after a few untimed ones; `+copy` rows have the
+`--runs` runs of `--batches` timed batches after a few untimed ones (RSS+ is the largest growth
+of this process's RSS over one run); `+copy` rows have the
 consumer copy every batch once into a reused buffer (a stand-in for the host->device staging
 copy, and how loader-baselines-2core.md timed its rows). The product benchmark is
 `vlpipe bench dataloader`; this is the reader engineer's own measuring stick.
@@ -86,7 +87,9 @@ def time_loader(make_iter, batches: int, warmup: int, copy_to: torch.Tensor | No
     for _ in range(batches):
         batch = next(it)
         if copy_to is not None:
-            copy_to[: len(batch["images"])].copy_(batch["images"])
+            # numpy's single-threaded memcpy: torch's copy_ fans out over intra-op threads, which
+            # on a busy 2-core machine measures thread contention rather than the loader.
+            np.copyto(copy_to[: len(batch["images"])].numpy(), batch["images"].numpy())
         count += len(batch["index"])
     elapsed = time.perf_counter() - t0
     del it
@@ -109,6 +112,8 @@ def main() -> None:
     bs = args.batch_size
     needed = args.batches + 5
     rows: dict[str, list[float]] = {}
+    rss_growth: dict[str, float] = {}
+    proc = psutil.Process()
     staging = torch.empty((bs, PATCHES, PATCH_DIM), dtype=torch.uint8)
 
     configs = []
@@ -116,14 +121,14 @@ def main() -> None:
         tag = "+copy" if copy else ""
         for mode, workers in (("inline", 0), ("threads", 2), ("processes", 2)):
             configs.append((f"CacheLoader {mode} w={workers}{tag}", mode, workers, copy, None))
-        configs.append((f"CacheLoader threads w=2 no page release{tag}", "threads", 2, copy, 0))
+        configs.append((f"CacheLoader threads w=2 shuffle=False (views){tag}", "threads", 2, copy, "seq"))
     if args.torch_dataloader:
         configs.append(("torch DataLoader(__getitems__) w=2+copy", "torch", 2, True, None))
 
     for run in range(args.runs):
-        for name, mode, workers, copy, limit in configs:
-            ds = CacheDataset(args.dir, split=None, **({} if limit is None else {"resident_limit": limit}))
-            sampler = CacheSampler(len(ds), seed=run)
+        for name, mode, workers, copy, order in configs:
+            ds = CacheDataset(args.dir, split=None)
+            sampler = CacheSampler(len(ds), seed=run, shuffle=order != "seq")
             if needed * bs > len(sampler):
                 raise SystemExit(f"--samples too small for {needed} batches of {bs}")
             if mode == "torch":
@@ -135,14 +140,18 @@ def main() -> None:
             else:
                 loader = CacheLoader(ds, batch_size=bs, sampler=sampler, mode=mode, workers=max(workers, 1))
                 make = lambda loader=loader: iter(loader)  # noqa: E731
+            before = proc.memory_info().rss
             rows.setdefault(name, []).append(time_loader(make, args.batches, 5, staging if copy else None))
+            grown = (proc.memory_info().rss - before) / 2**20
+            rss_growth[name] = max(rss_growth.get(name, grown), grown)
 
-    rss = psutil.Process().memory_info().rss / 2**20
+    rss = proc.memory_info().rss / 2**20
     print(f"cache: {args.samples} samples in {args.shards} shards at {args.dir}; batch {bs}; "
           f"{args.runs} runs x {args.batches} batches; torch threads {torch.get_num_threads()}")
-    print(f"{'configuration':48s} {'median/s':>9s} {'min':>7s} {'max':>7s}")
+    print(f"{'configuration':52s} {'median/s':>9s} {'min':>7s} {'max':>7s} {'RSS+ MiB':>9s}")
     for name, values in rows.items():
-        print(f"{name:48s} {statistics.median(values):9.0f} {min(values):7.0f} {max(values):7.0f}")
+        print(f"{name:52s} {statistics.median(values):9.0f} {min(values):7.0f} {max(values):7.0f} "
+              f"{rss_growth[name]:9.1f}")
     print(f"process RSS at the end: {rss:.0f} MiB")
 
 

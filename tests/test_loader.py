@@ -115,3 +115,17 @@ def test_worker_that_cannot_start_reports_the_file(cache):
     loader = CacheLoader(ds, batch_size=4, mode="processes", workers=2)
     with pytest.raises(VlpipeError, match=r"00002/images\.npy: file is missing"):
         next(iter(loader))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA for page-locked memory")
+@pytest.mark.parametrize("mode", MODES)
+def test_pin_memory_batches_are_pinned_and_reach_the_gpu(cache, mode):
+    ds, ref = cache
+    sampler = CacheSampler(len(ds), shuffle=False)  # contiguous runs: pinning must still copy
+    loader = CacheLoader(ds, batch_size=6, sampler=sampler, mode=mode, workers=2, pin_memory=True)
+    for batch in loader:
+        assert all(t.is_pinned() for t in batch.values())
+        on_gpu = {k: v.to("cuda", non_blocking=True) for k, v in batch.items()}
+        torch.cuda.synchronize()
+        indices = on_gpu["index"].cpu().numpy()
+        assert np.array_equal(on_gpu["images"].cpu().numpy(), ref["images"][indices])
