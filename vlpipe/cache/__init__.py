@@ -1,12 +1,26 @@
 """The cache: format, writer, verifier and the zero-copy reader.
 
-Importing this package stays light (numpy, pyarrow, torch): decoding and tokenizing live in the
-writer, which is imported only where a cache is built.
+Names are resolved lazily (PEP 562): `build-cache` worker processes import `vlpipe.cache.shard`,
+and an eager import of the reader here would make each of them pay ~6 s to import torch for nothing.
 """
 
-from vlpipe.cache.format import Manifest, load_manifest
-from vlpipe.cache.loader import CacheLoader
-from vlpipe.cache.reader import CacheDataset
-from vlpipe.cache.sampler import CacheSampler
+from __future__ import annotations
 
-__all__ = ["CacheDataset", "CacheLoader", "CacheSampler", "Manifest", "load_manifest"]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Manifest": "vlpipe.cache.format",
+    "load_manifest": "vlpipe.cache.format",
+    "CacheDataset": "vlpipe.cache.reader",
+    "CacheLoader": "vlpipe.cache.loader",
+    "CacheSampler": "vlpipe.cache.sampler",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'vlpipe.cache' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
