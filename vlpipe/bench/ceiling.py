@@ -42,7 +42,8 @@ class RowGatherer:
         self.buffer = np.empty((batch_size, *self.shards[0].shape[1:]), dtype=self.shards[0].dtype)
         self.rng = np.random.default_rng(seed)
 
-    def gather(self) -> None:
+    def gather(self) -> np.ndarray:
+        """Fill the buffer with random rows; returns their global indices, in buffer order."""
         indices = np.sort(self.rng.integers(0, self.total, len(self.buffer)))
         # Sorted indices make each shard's rows one contiguous block of the batch buffer.
         bounds = np.searchsorted(indices, self.offsets)
@@ -50,6 +51,7 @@ class RowGatherer:
             lo, hi = bounds[shard_id], bounds[shard_id + 1]
             if hi > lo:
                 np.take(shard, indices[lo:hi] - self.offsets[shard_id], axis=0, out=self.buffer[lo:hi])
+        return indices
 
     def run(self, seconds: float) -> float:
         """Samples per second over a window of `seconds` (after one untimed batch)."""

@@ -19,13 +19,14 @@ def render(report: dict[str, Any], console: Console) -> None:
     settings = machine["settings"]
     table = Table(title=(f"vlpipe bench dataloader: batch {settings['batch_size']}, "
                          f"{settings['workers']} worker(s), {settings['rounds']} round(s) x {settings['seconds']} s"))
-    for header in ("pipeline", "workers", "samples/s [min-max]", "read MB/s", "CPU cores",
-                   "peak RSS MB", "PSS MB", "x baseline", "% of ceiling", "other load"):
-        table.add_column(header, justify="left" if header == "pipeline" else "right")
+    table.add_column("pipeline", no_wrap=True)
+    for header in ("workers", "samples/s", "min-max", "read MB/s", "CPU cores", "peak RSS MB", "PSS MB",
+                   "x baseline", "% of ceiling", "other load"):
+        table.add_column(header, justify="right")
     for row in report["results"]:
         table.add_row(
-            row["pipeline"], str(row["workers"]),
-            f"[bold]{row['samples_per_s']:,.0f}[/bold] [{row['samples_per_s_min']:,.0f}-{row['samples_per_s_max']:,.0f}]",
+            row["pipeline"], str(row["workers"]), f"[bold]{row['samples_per_s']:,.0f}[/bold]",
+            f"{row['samples_per_s_min']:,.0f}-{row['samples_per_s_max']:,.0f}",
             f"{row['read_mb_per_s']:,.1f}", f"{row['cpu_cores']:.2f}", f"{row['peak_rss_mb']:,.0f}",
             "-" if row["pss_mb"] is None else f"{row['pss_mb']:,.0f}",
             f"{row['ratio_to_baseline']:.2f}", f"{100 * row['share_of_ceiling']:.1f}",

@@ -62,6 +62,8 @@ def dataloader(cache: str, source: str | None, batch_size: int, workers: int | N
     if as_json:
         click.echo(to_json(report))
     else:
-        render(report, Console())
+        out = Console()
+        # Piped into a file, rich would wrap the table at 80 columns; a log wants it whole.
+        render(report, out if out.is_terminal else Console(width=170))
     if cold and report["machine"]["page_cache"] != "cold":
         err.print(f"[yellow]warning:[/yellow] {report['machine']['page_cache_note']}")
