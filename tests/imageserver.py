@@ -86,7 +86,7 @@ class Case:
     size: tuple[int, int] | None = None  # expected stored (width, height) of a kept image
 
 
-# name -> (body factory, content type); the bodies are built once, lazily.
+# name -> (body factory, content type)
 IMAGES: dict[str, tuple[Callable[[], bytes], str]] = {
     "jpeg": (lambda: rgb("JPEG", quality=95), "image/jpeg"),
     "progressive": (lambda: rgb("JPEG", quality=95, progressive=True), "image/jpeg"),
@@ -146,8 +146,8 @@ class ImageServer:
     def __init__(self, cases: list[Case] = CASES, trickle_seconds: float = 20.0) -> None:
         self.cases = cases
         self.trickle_seconds = trickle_seconds
-        self._bodies: dict[str, bytes] = {}
-        self._lock = threading.Lock()
+        # Built up front: a handler busy encoding images could exceed a client's short timeout.
+        self._bodies = {name: factory() for name, (factory, _) in IMAGES.items()}
         self.requests: list[str] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -162,10 +162,7 @@ class ImageServer:
         return "".join(f"a picture of {c.name}\t{self.url(c)}\n" for c in (cases or self.cases))
 
     def body(self, name: str) -> bytes:
-        with self._lock:
-            if name not in self._bodies:
-                self._bodies[name] = IMAGES[name][0]()
-            return self._bodies[name]
+        return self._bodies[name]
 
     def __enter__(self) -> ImageServer:
         self._thread.start()

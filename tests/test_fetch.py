@@ -17,8 +17,9 @@ from vlpipe.cli.fetch import fetch
 from vlpipe.errors import VlpipeError
 from vlpipe.fetch.report import fetch_report
 
-# Small everything: one process, small shards, short timeouts (the trickling case waits 2 s).
-FAST = ["--processes", "1", "--threads", "8", "--shard-size", "10", "--timeout", "1", "--deadline", "2",
+# Small everything: one process, small shards. The trickling case costs the 4 s deadline; the
+# socket timeout is longer than that, so only the overall deadline can stop it.
+FAST = ["--processes", "1", "--threads", "8", "--shard-size", "10", "--timeout", "5", "--deadline", "4",
         "--max-pixels", "4000000", "--allow-private-network"]  # fmt: skip
 
 
@@ -147,3 +148,41 @@ def test_loopback_refused_without_flag(server: ImageServer, tmp_path: Path) -> N
     assert report["kept"] == 0 and report["dropped"] == {"private_address": 3}
     # The list itself was fetched (the user asked for it); no image URL was contacted.
     assert server.requests[requests_before:] == ["/list-3.tsv"]
+
+
+def test_output_feeds_build_cache(fetched: tuple[Path, dict], tmp_path: Path) -> None:
+    import numpy as np
+
+    from vlpipe.cache.writer import build_cache
+
+    out, report = fetched
+    manifest = build_cache(out, tmp_path / "cache", image_size=32, patch_size=16, max_len=16,
+                           tokenizer="wordpiece:200", val_fraction=0.0, processes=1, quiet=True)  # fmt: skip
+    assert manifest.num_samples == report["kept"]
+    assert not manifest.skipped  # every kept image decodes in build-cache too
+    meta = pq.read_table(tmp_path / "cache" / manifest.shards[0].files["meta"].path).to_pylist()
+    images = np.load(tmp_path / "cache" / manifest.shards[0].files["images"].path, mmap_mode="r")
+    first = next(i for i, m in enumerate(meta) if m["caption"] == "a picture of jpeg")
+    # 2x2 patches of a red-over-blue image: the top patches red, the bottom ones blue.
+    top, bottom = images[first, 0].reshape(-1, 3).mean(0), images[first, 3].reshape(-1, 3).mean(0)
+    assert top[0] > 200 > top[2] and bottom[2] > 200 > bottom[0]
+
+
+def test_staging_recovery_after_kill(tmp_path: Path) -> None:
+    from test_fetch_verify import stage_shard
+
+    from vlpipe.fetch.pipeline import _verify_staged
+    from vlpipe.fetch.verify import VerifyConfig, done_path
+
+    staging, out = tmp_path / "staging", tmp_path / "out"
+    with ImageServer() as srv:
+        stage_shard(staging, srv)  # shard 0: downloaded, killed before verification
+    (staging / "00001_stats.json").write_text("{")  # shard 1: killed while img2dataset wrote it
+    (staging / "00001.tar").write_bytes(b"partial")
+    _verify_staged(staging, out, 2, VerifyConfig(max_pixels=4_000_000))
+    assert done_path(out, 0).exists() and not done_path(out, 1).exists()
+    assert sorted(p.name for p in staging.iterdir()) == ["00000_stats.json", "00001.tar"]
+    # Killed after shard 0's done record but before its raw files were removed.
+    (staging / "00000.tar").write_bytes(b"raw")
+    _verify_staged(staging, out, 2, VerifyConfig(max_pixels=4_000_000))
+    assert not (staging / "00000.tar").exists()

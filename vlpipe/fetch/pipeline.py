@@ -166,14 +166,22 @@ def _missing_shards(out: Path, num_shards: int) -> list[int]:
 
 
 def _verify_staged(staging: Path, out: Path, num_shards: int, cfg: VerifyConfig) -> None:
-    """Verify shards img2dataset finished but whose verification a killed run did not complete."""
-    for shard_id in _missing_shards(out, num_shards):
+    """Bring staging in line with the done records after a killed run.
+
+    A shard img2dataset finished (its stats file is written last) but that was not verified is
+    verified now; a partly downloaded shard loses img2dataset's done marker so it is downloaded
+    again; raw files left behind by a kill after the done record are removed.
+    """
+    for shard_id in range(num_shards):
         name = f"{shard_id:05d}"
-        if all((staging / f"{name}{suffix}").exists() for suffix in (".tar", ".parquet", "_stats.json")):
+        raw = [staging / f"{name}{suffix}" for suffix in (".tar", ".parquet", "_stats.json")]
+        if done_path(out, shard_id).exists():
+            for path in raw[:2]:
+                path.unlink(missing_ok=True)
+        elif all(path.exists() for path in raw):
             verify_shard(staging, out, shard_id, cfg)
         else:
-            # Not (completely) downloaded: drop img2dataset's done marker so that it redoes the shard.
-            (staging / f"{name}_stats.json").unlink(missing_ok=True)
+            raw[2].unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
