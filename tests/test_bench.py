@@ -21,8 +21,9 @@ from tokenizers import Tokenizer
 
 from vlpipe.bench import bench_dataloader
 from vlpipe.bench.pipelines import SeedDataset, SeedTransform
+from vlpipe.bench.sources import prepare_source
 from vlpipe.bench.system import drop_page_cache
-from vlpipe.cache.format import DEFAULT_MEAN, DEFAULT_STD
+from vlpipe.cache.format import DEFAULT_MEAN, DEFAULT_STD, load_manifest
 from vlpipe.cache.writer import build_cache
 from vlpipe.cli.bench import dataloader
 from vlpipe.errors import VlpipeError
@@ -144,8 +145,10 @@ def test_cli_json_without_source_and_cold_not_permitted(tiny: tuple[Path, Path],
     _check_report(report, {"vlpipe-threads", "seed-baseline", "webdataset"}, {"1_process"})
     assert "re-encoded" in report["machine"]["data"]["jpeg_source"]
 
-    cold = bench_dataloader(cache, batch_size=4, workers=1, seconds=0.1, rounds=1, modes=["inline"],
-                            cold=True, drop_caches_file=str(tmp_path))
+    # workers=0: everything loads in this process, so only vlpipe's inline mode is comparable.
+    cold = bench_dataloader(cache, batch_size=4, workers=0, seconds=0.1, rounds=1, cold=True,
+                            drop_caches_file=str(tmp_path))
+    assert [r["pipeline"] for r in cold["results"]] == ["vlpipe-inline", "seed-baseline", "webdataset"]
     assert cold["machine"]["page_cache"] == "not dropped"
     assert "could not drop the page cache" in cold["machine"]["page_cache_note"]
 
@@ -156,3 +159,20 @@ def test_bad_arguments_are_user_errors(tiny: tuple[Path, Path]) -> None:
         bench_dataloader(cache, batch_size=1000)
     with pytest.raises(VlpipeError, match="unknown vlpipe mode"):
         bench_dataloader(cache, batch_size=4, modes=["gpu"])
+
+
+def test_sources_extract_whole_shards_up_to_the_cap_or_reencode_the_cache(tiny: tuple[Path, Path],
+                                                                          tmp_path: Path) -> None:
+    cache, raw = tiny
+    manifest = load_manifest(cache)
+    extracted = prepare_source(manifest, cache, raw, tmp_path / "x", max_samples=8)
+    assert len(extracted.jpeg_paths) == 8 and extracted.shard_paths == [raw / "00000.tar"]
+    with tarfile.open(raw / "00000.tar") as tar:
+        first_jpg = tar.extractfile(tar.getmember("000000000.jpg")).read()
+    assert extracted.jpeg_paths[0].read_bytes() == first_jpg and extracted.captions[0] == _caption(0)
+
+    reencoded = prepare_source(manifest, cache, None, tmp_path / "r", max_samples=100)
+    assert len(reencoded.jpeg_paths) == manifest.num_samples and len(reencoded.shard_paths) == 1
+    with Image.open(reencoded.jpeg_paths[0]) as img:
+        assert img.format == "JPEG" and img.size == (IMAGE_SIZE, IMAGE_SIZE)
+    assert reencoded.jpeg_bytes_per_sample > 0 and reencoded.shard_bytes_per_sample > reencoded.jpeg_bytes_per_sample

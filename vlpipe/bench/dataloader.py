@@ -72,6 +72,10 @@ def bench_dataloader(
     manifest = load_manifest(cache_dir)
     workers = usable_cpus() if workers is None else workers
     _check_arguments(manifest.num_samples, batch_size, workers, seconds, rounds, modes, max_source_samples)
+    if workers == 0:
+        # Equal cores: with no workers the baselines load in the calling process, and so does
+        # vlpipe's inline mode; threads/processes modes need at least one worker.
+        modes = [m for m in modes if m == "inline"]
     settings = BenchSettings(str(cache_dir), None if source is None else str(source), batch_size, workers,
                              seconds, rounds, cold, list(modes), max_source_samples,
                              sorted({1, max(1, workers)}))
@@ -90,17 +94,19 @@ def bench_dataloader(
         all_files = [*map(Path, image_files), *_other_cache_files(manifest, cache_dir),
                      *jpegs.jpeg_paths, *jpegs.shard_paths]
         if cold:
-            dropped, page_cache = drop_page_cache(drop_caches_file)
+            done, page_cache_note = drop_page_cache(drop_caches_file)
+            page_cache = "cold" if done else "not dropped"
         else:
-            dropped, page_cache = warm_files(all_files)
-        rounds_by_name, ceilings = _interleave(pipelines, settings, image_files, all_files, dropped,
-                                               drop_caches_file, progress)
+            done, page_cache_note = warm_files(all_files)
+            page_cache = "warm" if done else "not warmed"
+        drop_before_runs = drop_caches_file if page_cache == "cold" else None
+        rounds_by_name, ceilings = _interleave(pipelines, settings, image_files, drop_before_runs, progress)
     ceiling_by_procs = {n: statistics.median(rates) for n, rates in ceilings.items()}
     ceiling = max(ceiling_by_procs.values())
     results = _summarize(pipelines, rounds_by_name, ceiling)
     machine.update({
-        "page_cache": "cold" if cold and dropped else "warm" if not cold else "not dropped",
-        "page_cache_note": page_cache,
+        "page_cache": page_cache,
+        "page_cache_note": page_cache_note,
         "data": {"cache_samples": manifest.num_samples, "image_size": manifest.image.image_size,
                  "patch_size": manifest.image.patch_size, "max_len": manifest.text.max_len,
                  "jpeg_source": jpegs.origin, "mean_jpeg_bytes": round(jpegs.jpeg_bytes_per_sample)},
@@ -136,8 +142,7 @@ def _other_cache_files(manifest: Any, cache_dir: Path) -> list[Path]:
 
 
 def _interleave(pipelines: list[Pipeline], settings: BenchSettings, image_files: list[str],
-                all_files: list[Path], dropped: bool, drop_caches_file: str,
-                progress: Progress | None) -> tuple[dict[str, list[RoundResult]], dict[int, list[float]]]:
+                drop_before_runs: str | None, progress: Progress | None) -> tuple[dict[str, list[RoundResult]], dict[int, list[float]]]:
     steps_per_round = len(settings.ceiling_processes) + len(pipelines)
     total = settings.rounds * steps_per_round
     done = 0
@@ -160,8 +165,8 @@ def _interleave(pipelines: list[Pipeline], settings: BenchSettings, image_files:
                                 seed=round_index).samples_per_s)
             step(f"round {round_index + 1}: ceiling, {processes} process(es)")
         for pipeline in pipelines:
-            if settings.cold and dropped:
-                drop_page_cache(drop_caches_file)
+            if drop_before_runs is not None:
+                drop_page_cache(drop_before_runs)
             # Cold runs time the very first batches, worker start-up included, as a first epoch would.
             by_name[pipeline.name].append(
                 run_round(pipeline, seed=round_index, seconds=settings.seconds, warmup=not settings.cold))
