@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import cachegen
@@ -93,3 +94,50 @@ def test_wrong_dtype_or_shape(cache):
     images = np.load(cache / "shards/00000/images.npy")
     path = _rewrite(cache, "images", images[:2])
     assert verify_cache(cache) == [f"{path}: uint8 (2, 4, 192), expected uint8 (3, 4, 192)"]
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    from test_downstream import hateful
+
+    root = tmp_path_factory.mktemp("verify_labels")
+    build_cache(hateful(root / "hm"), root / "cache", processes=1, **OPTS)
+    return root / "cache"
+
+
+def _replace_labels(cache, arr: np.ndarray) -> None:
+    """Swap in other labels with matching size and checksum, so only the labels check can object."""
+    m = json.loads((cache / "manifest.json").read_text())
+    entry = m["shards"][0]["files"]["labels"]
+    np.save(cache / entry["path"], arr)
+    entry["bytes"], entry["sha256"] = (cache / entry["path"]).stat().st_size, sha256_file(cache / entry["path"])
+    (cache / "manifest.json").write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda a: a.astype(np.int32), r"labels\.npy: int32 \(10,\), expected int64 \(10,\)"),
+    (lambda a: a[:, None].astype(np.uint8), r"labels\.npy: uint8 \(10, 1\), expected int64 \(10,\)"),
+    (lambda a: np.where(np.arange(10) == 2, 5, a), r"labels\.npy: row 2 has label value\(s\) outside -1\.\.1"),
+    (lambda a: np.where(np.arange(10) == 0, -1, a), r"labels\.npy: row 0 is unlabeled \(-1\) outside the test split"),
+    # Still valid values, but train now has four positives where the manifest counts three.
+    (lambda a: np.where(np.arange(10) == 0, 1, a), r"labels\.counts/unlabeled differ"),
+])
+def test_bad_labels_are_found(labelled, tmp_path, change, message):
+    cache = tmp_path / "cache"
+    shutil.copytree(labelled, cache)
+    assert verify_cache(cache) == []
+    path = cache / json.loads((cache / "manifest.json").read_text())["shards"][0]["files"]["labels"]["path"]
+    _replace_labels(cache, change(np.load(path)))
+    problems = verify_cache(cache)
+    assert problems and all("\n" not in p for p in problems)
+    assert any(re.search(message, p) for p in problems), problems
+
+
+def test_bad_labels_section_is_found(labelled, tmp_path):
+    cache = tmp_path / "cache"
+    shutil.copytree(labelled, cache)
+    m = json.loads((cache / "manifest.json").read_text())
+    m["labels"]["task"] = "regression"
+    (cache / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(VlpipeError, match=r"labels.task is 'regression', expected one of binary"):
+        check_cache(cache)

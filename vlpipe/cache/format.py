@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from vlpipe.errors import VlpipeError
 
 FORMAT_NAME = "vlpipe-cache"
@@ -32,6 +34,10 @@ SHARD_FILES: dict[str, str] = {
     "meta": "meta.parquet",
 }
 LABELS_FILE = "labels.npy"
+# labels.npy of downstream caches: int64 (n,) class ids (MISSING_LABEL = unlabeled, test split only)
+# for binary/multiclass tasks, uint8 (n, num_labels) multi-hot rows for multilabel tasks.
+LABEL_TASKS = ("binary", "multiclass", "multilabel")
+MISSING_LABEL = -1
 PATCH_LAYOUT = "row-major patches; each patch flattened (patch_row, patch_col, channel)"
 # CLIP's per-channel statistics in [0, 1] units: the model normalizes uint8 pixels on the device.
 DEFAULT_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -51,7 +57,7 @@ def shard_dir(cache_dir: str | os.PathLike[str], name: str) -> Path:
 
 def shard_file_relpath(name: str, kind: str) -> str:
     """Path of one shard file relative to the cache root, with forward slashes as in the manifest."""
-    return f"{SHARDS_DIR}/{name}/{SHARD_FILES[kind]}"
+    return f"{SHARDS_DIR}/{name}/{LABELS_FILE if kind == 'labels' else SHARD_FILES[kind]}"
 
 
 def token_dtype(vocab_size: int) -> str:
@@ -63,6 +69,74 @@ def split_of(key: str, val_fraction: float) -> str:
     """`val` or `train` as a pure function of the key, so splits survive rebuilds and reshuffles."""
     h = int(hashlib.sha256(key.encode("utf-8")).hexdigest()[:16], 16)
     return "val" if h / 2**64 < val_fraction else "train"
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    """What the labels of a downstream cache mean; the manifest's `labels` section is built from it.
+
+    `names[i]` is the name of class id `i` (single-label) or of column `i` of the multi-hot rows.
+    `unknown` counts label names met outside the train split's vocabulary and left out (multilabel).
+    """
+
+    task: str
+    names: tuple[str, ...]
+    unknown: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def multilabel(self) -> bool:
+        return self.task == "multilabel"
+
+    @property
+    def dtype(self) -> str:
+        return "uint8" if self.multilabel else "int64"
+
+    def to_manifest(self, counts: dict[str, list[int]], unlabeled: dict[str, int]) -> dict[str, Any]:
+        return {"task": self.task, "num_labels": len(self.names), "names": list(self.names),
+                "file": LABELS_FILE, "dtype": self.dtype, "missing": None if self.multilabel else MISSING_LABEL,
+                "counts": counts, "unlabeled": unlabeled, "unknown": dict(self.unknown)}
+
+
+def label_counts(labels: np.ndarray, splits: list[str], multilabel: bool,
+                 num_labels: int) -> tuple[dict[str, list[int]], dict[str, int]]:
+    """Samples per label id (positives, for multi-hot rows) and unlabeled samples, per split.
+
+    The manifest records them so a trainer can weight classes without reading every label, and
+    verify recomputes them from labels.npy and meta.parquet.
+    """
+    counts, unlabeled = {}, {}
+    split_arr = np.asarray(splits, dtype=object)
+    for split in SPLITS:
+        rows = np.asarray(labels[split_arr == split])
+        if not len(rows):
+            continue
+        if multilabel:
+            counts[split] = rows.astype(np.int64).sum(axis=0).tolist()
+            continue
+        known = rows[rows != MISSING_LABEL]
+        counts[split] = np.bincount(known, minlength=num_labels).tolist()
+        if len(known) < len(rows):
+            unlabeled[split] = int(len(rows) - len(known))
+    return counts, unlabeled
+
+
+def check_labels_section(labels: Any, source: str) -> None:
+    """The fields a trainer relies on: a known task and one name per label id.
+
+    Called by verify rather than by load_manifest, so that a reader that needs only labels.npy
+    still opens a cache whose labels section another tool wrote differently.
+    """
+    if labels is None:
+        return
+    f = _Fields(labels, "labels", source)
+    task = f.get("task", str)
+    if task not in LABEL_TASKS:
+        raise VlpipeError(f"{source}: labels.task is {task!r}, expected one of {', '.join(LABEL_TASKS)}")
+    names = f.get("names", list)
+    if f.get("num_labels", int) != len(names) or not all(isinstance(n, str) for n in names):
+        raise VlpipeError(f"{source}: labels.names must be num_labels strings")
+    if len(names) < 2 and task != "multilabel":
+        raise VlpipeError(f"{source}: a {task} task needs at least 2 label names, found {len(names)}")
 
 
 class _Fields:

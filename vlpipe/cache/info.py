@@ -34,11 +34,21 @@ def cache_info(cache_dir: str | os.PathLike[str]) -> list[tuple[str, str]]:
                    f"({img.num_patches}, {img.patch_dim}) {img.dtype} per sample"),
         ("tokenizer", f"{t.tokenizer_spec} (vocab {t.vocab_size}, max_len {t.max_len}, {t.dtype})"),
         ("special ids", f"pad {t.pad_id}, cls {t.cls_id}, sep {t.sep_id}, mask {t.mask_id}, unk {t.unk_id}"),
-        ("labels", "none" if m.labels is None else str(m.labels)),
+        ("labels", _labels_line(m.labels)),
         ("skipped", skipped),
         ("source", f"{prov.get('source')} ({prov.get('source_format')})"),
         ("built", f"{prov.get('created')} by vlpipe {prov.get('vlpipe_version')}"),
     ]
+
+
+def _labels_line(labels: dict | None) -> str:
+    """Task, vocabulary size and a few names: a 101-class name list would drown the table."""
+    if labels is None:
+        return "none"
+    names = labels["names"]
+    shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+    unlabeled = "".join(f"; {n} unlabeled {s}" for s, n in (labels.get("unlabeled") or {}).items())
+    return f"{labels['task']}, {labels['num_labels']} labels ({shown}){unlabeled}"
 
 
 def sample_rows(m: Manifest, cache_dir: Path, indices: list[int]) -> list[tuple[np.ndarray, str]]:

@@ -25,8 +25,12 @@ import pyarrow.parquet as pq
 
 from vlpipe.cache.format import (
     DONE_FILE,
+    LABELS_FILE,
     SHARD_FILES,
+    SPLITS,
     TOKENIZER_FILE,
+    LabelSpec,
+    label_counts,
     shard_dir,
     shard_file_relpath,
     split_of,
@@ -63,6 +67,11 @@ class BuildOptions:
     # antialiased resize: 3-4x faster on large photos, within ~0.3 grey levels of a full decode.
     jpeg_draft: bool = True
     max_pixels: int = DEFAULT_MAX_PIXELS
+    # Downstream (labelled) datasets: see vlpipe/cache/downstream.py.
+    format: str = "auto"
+    label_column: str | None = None
+    multi_label: bool = False
+    split_column: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -74,6 +83,7 @@ class ShardTask:
     name: str
     out: str
     options: BuildOptions
+    labels: LabelSpec | None = None  # set for downstream datasets: the shard then writes labels.npy
 
 
 _tokenizers: dict[str, TextTokenizer] = {}
@@ -113,6 +123,7 @@ def build_shard(task: ShardTask, report: Callable[[int], None] | None = None) ->
 
     rows: dict[str, list[Any]] = {name: [] for name in META_SCHEMA.names}
     skips: list[Skip] = []
+    labels: list[Any] = []
     pending = 0
     with atomic_path(folder / SHARD_FILES["images"]) as tmp, open(tmp, "wb") as fh:
         header_len = _write_npy_header(fh, (0, *shape_tail))
@@ -131,8 +142,9 @@ def build_shard(task: ShardTask, report: Callable[[int], None] | None = None) ->
             for name, value in (("key", item.key), ("caption", item.caption), ("url", item.url),
                                 ("width", width), ("height", height),
                                 ("sha256", hashlib.sha256(item.image).hexdigest()),
-                                ("split", split_of(item.key, opts.val_fraction))):
+                                ("split", item.split or split_of(item.key, opts.val_fraction))):
                 rows[name].append(value)
+            labels.append(item.label)
             pending += 1
             if report is not None and pending >= PROGRESS_EVERY:
                 report(pending)
@@ -149,20 +161,37 @@ def build_shard(task: ShardTask, report: Callable[[int], None] | None = None) ->
     with atomic_path(folder / SHARD_FILES["meta"]) as tmp:
         pq.write_table(pa.Table.from_pydict(rows, schema=META_SCHEMA), tmp)
 
+    if task.labels is not None:
+        _save_npy(folder / LABELS_FILE, encode_labels(labels, task.labels))
+
     files = {}
-    for kind in SHARD_FILES:
+    for kind in (*SHARD_FILES, "labels") if task.labels is not None else SHARD_FILES:
         rel = shard_file_relpath(task.name, kind)
         files[kind] = {"path": rel, "bytes": (out / rel).stat().st_size, "sha256": sha256_file(out / rel)}
     record = {
         "name": task.name,
         "source": task.source.name,
         "num_samples": len(rows["key"]),
-        "splits": {s: rows["split"].count(s) for s in ("train", "val")},
+        "splits": {s: rows["split"].count(s) for s in SPLITS},
         "files": files,
         "skipped": [dict(zip(SKIP_FIELDS, s, strict=True)) for s in skips],
     }
+    if task.labels is not None:
+        counts, unlabeled = label_counts(encode_labels(labels, task.labels), rows["split"],
+                                         task.labels.multilabel, len(task.labels.names))
+        record["label_counts"], record["unlabeled"] = counts, unlabeled
     write_json_atomic(folder / DONE_FILE, record)
     return record
+
+
+def encode_labels(values: list[Any], spec: LabelSpec) -> np.ndarray:
+    """Class ids as int64 (n,), or label-id tuples as uint8 (n, num_labels) multi-hot rows."""
+    if not spec.multilabel:
+        return np.asarray(values, dtype=np.int64).reshape(len(values))
+    hot = np.zeros((len(values), len(spec.names)), dtype=np.uint8)
+    for row, ids in enumerate(values):
+        hot[row, list(ids)] = 1
+    return hot
 
 
 def _write_npy_header(fh: io.BufferedWriter, shape: tuple[int, ...]) -> int:

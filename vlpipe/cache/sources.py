@@ -1,5 +1,8 @@
 """Input readers for `build-cache`: img2dataset folders (all three layouts) and captions files.
 
+Labelled downstream datasets are read by vlpipe/cache/downstream.py into `labeled` shards, whose
+rows carry a label and a split; their samples are produced here like every other layout's.
+
 Every source is cut into `SourceShard`s, and one source shard becomes one cache shard: shards are
 the unit of parallel work and of resumption. A shard yields `Sample`s, or `Skip`s for single bad
 samples (a missing caption, a missing image file); a bad *shard* (missing, empty, corrupt) raises
@@ -21,6 +24,7 @@ from typing import NamedTuple
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vlpipe.cache.format import LabelSpec
 from vlpipe.errors import VlpipeError
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm")
@@ -36,6 +40,9 @@ class Sample(NamedTuple):
     caption: str
     url: str | None
     source: str
+    # Downstream datasets only: class id or tuple of label ids, and the split the dataset assigns.
+    label: int | tuple[int, ...] | None = None
+    split: str | None = None
 
 
 class Skip(NamedTuple):
@@ -52,10 +59,12 @@ class SourceShard:
     """One unit of work; small and picklable so it can be sent to a worker process."""
 
     name: str  # shown in the manifest as the shard's `source`
-    layout: str  # webdataset | parquet | files | captions
+    layout: str  # webdataset | parquet | files | captions | labeled
     path: str
-    # captions layout only: (key, absolute image path, caption, url) per sample
-    rows: tuple[tuple[str, str, str, str | None], ...] = ()
+    # captions layout: (key, absolute image path, caption, url) per sample;
+    # labeled layout: (key, absolute image path, text, label, split, problem) per sample, where
+    # problem is None or a (reason, detail) skip found before any image is read (a duplicate id).
+    rows: tuple[tuple, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,7 @@ class Source:
     root: Path
     layout: str
     shards: list[SourceShard]
+    labels: LabelSpec | None = None
 
 
 def open_source(
@@ -111,14 +121,16 @@ def iter_samples(shard: SourceShard) -> Iterator[Sample | Skip]:
         yield from _parquet_samples(shard)
     elif shard.layout == "files":
         yield from _files_samples(shard)
+    elif shard.layout == "labeled":
+        yield from _labeled_samples(shard)
     else:
         yield from _captions_samples(shard)
 
 
 def iter_captions(shard: SourceShard) -> Iterator[str]:
     """Captions only, read cheaply (no image bytes) to train a tokenizer before the real pass."""
-    if shard.layout == "captions":
-        yield from (row[2] for row in shard.rows)
+    if shard.layout in ("captions", "labeled"):
+        yield from (row[2] for row in shard.rows if row[2])
     elif shard.layout == "parquet":
         caption_col = _parquet_caption_column(Path(shard.path))
         for batch in _parquet_batches(Path(shard.path), [caption_col]):
@@ -342,6 +354,21 @@ def _captions_samples(shard: SourceShard) -> Iterator[Sample | Skip]:
             yield Skip(key, shard.name, "missing_image", f"{image_path}: {exc.strerror or exc}")
             continue
         yield _make_sample(key, image, caption, url, shard.name, seen)
+
+
+def _labeled_samples(shard: SourceShard) -> Iterator[Sample | Skip]:
+    seen: set[str] = set()
+    for key, image_path, text, label, split, problem in shard.rows:
+        if problem is not None:
+            yield Skip(key, shard.name, *problem)
+            continue
+        try:
+            image = Path(image_path).read_bytes()
+        except OSError as exc:
+            yield Skip(key, shard.name, "missing_image", f"{image_path}: {exc.strerror or exc}")
+            continue
+        sample = _make_sample(key, image, text, None, shard.name, seen)
+        yield sample._replace(label=label, split=split) if isinstance(sample, Sample) else sample
 
 
 # ---- shared --------------------------------------------------------------------------------------

@@ -15,7 +15,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vlpipe.cache.format import META_COLUMNS, SKIPPED_FILE, SPLITS, Manifest, ShardEntry, load_manifest
+from vlpipe.cache.format import (
+    MANIFEST,
+    META_COLUMNS,
+    MISSING_LABEL,
+    SKIPPED_FILE,
+    SPLITS,
+    Manifest,
+    ShardEntry,
+    check_labels_section,
+    label_counts,
+    load_manifest,
+)
 from vlpipe.errors import VlpipeError
 from vlpipe.utils.atomic import sha256_file
 
@@ -29,6 +40,10 @@ def verify_cache(cache_dir: str | os.PathLike[str], *, checksums: bool = True) -
         manifest = load_manifest(root)
     except VlpipeError as exc:
         return [str(exc)]
+    try:
+        check_labels_section(manifest.labels, str(root / MANIFEST))
+    except VlpipeError as exc:
+        return [str(exc)]
     problems: list[str] = []
     tok = root / manifest.text.tokenizer_file
     if not tok.is_file():
@@ -36,14 +51,20 @@ def verify_cache(cache_dir: str | os.PathLike[str], *, checksums: bool = True) -
     elif checksums and sha256_file(tok) != manifest.text.tokenizer_sha256:
         problems.append(f"{tok}: sha256 differs from the manifest (file modified or corrupt)")
     splits = dict.fromkeys(SPLITS, 0)
+    counts: dict[str, list[int]] = {}
+    unlabeled: Counter[str] = Counter()
     for shard in manifest.shards:
-        problems += _check_shard(root, manifest, shard, checksums, splits)
+        problems += _check_shard(root, manifest, shard, checksums, splits, (counts, unlabeled))
     total = sum(s.num_samples for s in manifest.shards)
     if total != manifest.num_samples:
         problems.append(f"{root / 'manifest.json'}: num_samples {manifest.num_samples} but shards hold {total}")
     counted = {k: v for k, v in splits.items() if v}
     if not problems and counted != {k: v for k, v in manifest.splits.items() if v}:
         problems.append(f"{root / 'manifest.json'}: splits {manifest.splits} but meta.parquet files say {counted}")
+    if not problems and manifest.labels is not None and (
+            counts != manifest.labels.get("counts") or dict(unlabeled) != manifest.labels.get("unlabeled")):
+        problems.append(f"{root / 'manifest.json'}: labels.counts/unlabeled differ from what labels.npy and "
+                        f"meta.parquet hold ({counts}, unlabeled {dict(unlabeled)})")
     problems += _check_skipped(root, manifest)
     return problems
 
@@ -57,7 +78,8 @@ def check_cache(cache_dir: str | os.PathLike[str], *, checksums: bool = True) ->
     return load_manifest(cache_dir)
 
 
-def _check_shard(root: Path, m: Manifest, shard: ShardEntry, checksums: bool, splits: dict[str, int]) -> list[str]:
+def _check_shard(root: Path, m: Manifest, shard: ShardEntry, checksums: bool, splits: dict[str, int],
+                 tally: tuple[dict[str, list[int]], Counter[str]]) -> list[str]:
     n = shard.num_samples
     problems = []
     for entry in shard.files.values():
@@ -106,11 +128,44 @@ def _check_shard(root: Path, m: Manifest, shard: ShardEntry, checksums: bool, sp
             problems.append(f"{meta_path}: unknown split {split!r}")
         else:
             splits[split] += count
-    if "labels" in shard.files:
-        labels = np.load(shard.path(root, "labels"), mmap_mode="r", allow_pickle=False)
-        if labels.shape[0] != n:
-            problems.append(f"{shard.path(root, 'labels')}: {labels.shape[0]} rows, manifest says {n}")
+    if not problems:
+        problems += _check_labels(root, m, shard, meta.column("split").to_pylist(), tally)
     return problems
+
+
+def _check_labels(root: Path, m: Manifest, shard: ShardEntry, splits: list[str],
+                  tally: tuple[dict[str, list[int]], Counter[str]]) -> list[str]:
+    """labels.npy: present exactly when the manifest has labels; dtype, shape and value range."""
+    has_file = "labels" in shard.files
+    if m.labels is None:
+        return [f"{shard.path(root, 'labels')}: labels.npy listed but the manifest has no labels"] if has_file else []
+    if not has_file:
+        return [f"{root / 'manifest.json'}: shard {shard.name} lists no labels.npy but the cache has labels"]
+    path, n = shard.path(root, "labels"), shard.num_samples
+    multilabel, num = m.labels["task"] == "multilabel", m.labels["num_labels"]
+    dtype, shape = ("uint8", (n, num)) if multilabel else ("int64", (n,))
+    try:
+        labels = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        return [f"{path}: not a readable .npy file ({exc})"]
+    if labels.dtype != np.dtype(dtype) or labels.shape != shape:
+        return [f"{path}: {labels.dtype} {labels.shape}, expected {dtype} {shape}"]
+    values = np.asarray(labels)
+    low = 0 if multilabel else MISSING_LABEL
+    high = 1 if multilabel else num - 1
+    bad = (values < low) | (values > high)
+    if bad.any():
+        row = int(np.argmax(bad.reshape(n, -1).any(axis=1)))
+        return [f"{path}: row {row} has label value(s) outside {low}..{high}"]
+    if not multilabel:
+        unlabeled = (values == MISSING_LABEL) & (np.asarray(splits, dtype=object) != "test")
+        if unlabeled.any():
+            return [f"{path}: row {int(np.argmax(unlabeled))} is unlabeled ({MISSING_LABEL}) outside the test split"]
+    counts, missing = label_counts(values, splits, multilabel, num)
+    for split, row in counts.items():
+        tally[0][split] = [a + b for a, b in zip(tally[0].get(split, [0] * num), row, strict=True)]
+    tally[1].update(missing)
+    return []
 
 
 def _check_tokens(path: Path, tokens: np.ndarray, lengths: np.ndarray, m: Manifest) -> list[str]:

@@ -29,11 +29,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from vlpipe import __version__
+from vlpipe.cache.downstream import FORMATS, detect_format, open_downstream
 from vlpipe.cache.format import (
     FORMAT_NAME,
     MANIFEST,
     SHARDS_DIR,
     SKIPPED_FILE,
+    SPLITS,
     TOKENIZER_FILE,
     FileEntry,
     ImageSpec,
@@ -68,17 +70,26 @@ def build_cache(
     image_column: str | None = None,
     caption_column: str | None = None,
     jpeg_draft: bool = True,
+    format: str = "auto",
+    label_column: str | None = None,
+    multi_label: bool = False,
+    split_column: str | None = None,
     processes: int | None = None,
     overwrite: bool = False,
     quiet: bool = False,
 ) -> Manifest:
-    """Build (or resume, or confirm) the cache of `src` in `out`; returns its manifest."""
+    """Build (or resume, or confirm) the cache of `src` in `out`; returns its manifest.
+
+    `format` "auto" reads img2dataset output or a captions file, unless `src` is laid out as one
+    of the labelled downstream datasets (vlpipe/cache/downstream.py) or `label_column` is given.
+    """
     options = BuildOptions(image_size=image_size, patch_size=patch_size, max_len=max_len, tokenizer=tokenizer,
                            val_fraction=val_fraction, shard_size=shard_size, image_column=image_column,
-                           caption_column=caption_column, jpeg_draft=jpeg_draft)
+                           caption_column=caption_column, jpeg_draft=jpeg_draft, format=format,
+                           label_column=label_column, multi_label=multi_label, split_column=split_column)
     _check_options(options)
     console = Console(stderr=True, quiet=quiet)
-    source = open_source(src, shard_size=shard_size, image_column=image_column, caption_column=caption_column)
+    source = _open(src, options)
     out = Path(out).expanduser().resolve()
     record = {"format": BUILD_FORMAT, "source": str(source.root), "source_format": source.layout,
               "options": options.to_dict()}
@@ -92,7 +103,7 @@ def build_cache(
     text = _ensure_tokenizer(out, options, source, console)
     names = [shard_name(i) for i in range(len(source.shards))]
     done = {name: rec for name in names if (rec := read_done(out, name)) is not None}
-    tasks = [ShardTask(s, n, str(out), options) for s, n in zip(source.shards, names, strict=True) if n not in done]
+    tasks = [ShardTask(s, n, str(out), options, source.labels) for s, n in zip(source.shards, names, strict=True) if n not in done]
     if done:
         console.print(f"resuming: {len(done)} of {len(names)} shards already built")
     workers = max(1, min(processes or os.cpu_count() or 1, len(tasks)))
@@ -106,7 +117,21 @@ def build_cache(
     return manifest
 
 
+def _open(src: str | os.PathLike[str], o: BuildOptions) -> Source:
+    """The downstream reader for a labelled dataset, else the img2dataset/captions reader."""
+    fmt = o.format
+    if fmt == "auto":
+        fmt = detect_format(Path(src).expanduser().resolve()) or ("generic" if o.label_column or o.multi_label else "")
+    if not fmt:
+        return open_source(src, shard_size=o.shard_size, image_column=o.image_column, caption_column=o.caption_column)
+    return open_downstream(src, fmt, shard_size=o.shard_size, val_fraction=o.val_fraction,
+                           image_column=o.image_column, caption_column=o.caption_column,
+                           label_column=o.label_column, multi_label=o.multi_label, split_column=o.split_column)
+
+
 def _check_options(o: BuildOptions) -> None:
+    if o.format not in ("auto", *FORMATS):
+        raise VlpipeError(f"--format {o.format!r}: expected auto or one of {', '.join(FORMATS)}")
     if o.patch_size < 1 or o.image_size < o.patch_size or o.image_size % o.patch_size:
         raise VlpipeError(f"--image-size {o.image_size} must be a positive multiple of --patch-size {o.patch_size}")
     if o.max_len < 2:
@@ -286,8 +311,10 @@ def _write_manifest(out: Path, options: BuildOptions, source: Source, records: l
         num_samples=sum(s.num_samples for s in shards),
         image=ImageSpec.create(options.image_size, options.patch_size),
         text=text,
-        splits={"train": splits["train"], "val": splits["val"]},
+        # train and val always (readers ask for them by name); test only where the dataset has one.
+        splits={s: splits[s] for s in SPLITS if s != "test" or splits[s]},
         shards=shards,
+        labels=None if source.labels is None else _labels_section(source, records),
         provenance={"source": str(source.root), "source_format": source.layout, "options": options.to_dict(),
                     "vlpipe_version": __version__,
                     "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")},
@@ -297,11 +324,33 @@ def _write_manifest(out: Path, options: BuildOptions, source: Source, records: l
     return manifest
 
 
+def _labels_section(source: Source, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The manifest's `labels`: the source's vocabulary plus per-split counts summed over shards."""
+    counts: dict[str, list[int]] = {}
+    unlabeled: Counter[str] = Counter()
+    for rec in records:
+        for split, row in rec["label_counts"].items():
+            counts[split] = [a + b for a, b in zip(counts.get(split, [0] * len(row)), row, strict=True)]
+        unlabeled.update(rec["unlabeled"])
+    ordered = {s: counts[s] for s in SPLITS if s in counts}
+    return source.labels.to_manifest(ordered, {s: unlabeled[s] for s in SPLITS if unlabeled[s]})
+
+
 def _print_summary(console: Console, out: Path, manifest: Manifest, seconds: float) -> None:
     size = sum(f.bytes for s in manifest.shards for f in s.files.values())
     skipped = ", ".join(f"{n} {reason}" for reason, n in manifest.skipped.items()) or "none"
+    splits = ", ".join(f"{n} {name}" for name, n in manifest.splits.items())
     console.print(
         f"[green]cache written to {out}[/green]: {manifest.num_samples} samples "
-        f"({manifest.splits['train']} train, {manifest.splits['val']} val) in {len(manifest.shards)} shards, "
-        f"{size / 1e6:.1f} MB, {seconds:.1f} s; skipped: {skipped}"
+        f"({splits}) in {len(manifest.shards)} shards, {size / 1e6:.1f} MB, {seconds:.1f} s; skipped: {skipped}"
     )
+    labels = manifest.labels
+    if labels is not None:
+        console.print(f"labels: {labels['task']}, {labels['num_labels']} names"
+                      + "".join(f"; {n} unlabeled {s}" for s, n in labels["unlabeled"].items()))
+        if labels["unknown"]:
+            names = ", ".join(f"{name} ({n})" for name, n in labels["unknown"].items())
+            console.print(f"[yellow]warning: label names outside the train split were dropped: {names}[/yellow]")
+    if manifest.skipped.get("duplicate_id"):
+        console.print(f"[yellow]warning: {manifest.skipped['duplicate_id']} duplicate id(s) skipped "
+                      f"(first occurrence kept); see {out / SKIPPED_FILE}[/yellow]")

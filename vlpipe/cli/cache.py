@@ -34,23 +34,40 @@ DEFAULT_ROOT = Path("cache")
 @click.option("--jpeg-draft/--no-jpeg-draft", default=True, show_default=True,
               help="Let libjpeg downscale large JPEGs while decoding (to >= 2x --image-size): 3-4x faster, "
                    "within ~0.3 grey levels of a full decode.")
+@click.option("--format", "format", type=click.Choice(["auto", "hateful-memes", "mmimdb", "food101", "generic"]),
+              default="auto", show_default=True,
+              help="Labelled downstream dataset layout (docs/cache-format.md, labels). auto: a folder with "
+                   "train.jsonl + img/ is hateful-memes, one with split.json is mmimdb, one with "
+                   "[texts/]train_titles.csv is food101, a captions file with --label-column is generic; "
+                   "anything else is read as unlabelled img2dataset output or captions file.")
+@click.option("--label-column", default=None,
+              help="Generic format: column with the label (or labels). Default: label or labels.")
+@click.option("--multi-label", is_flag=True,
+              help="Generic format: each row has several labels (a JSON list, or names joined by '|').")
+@click.option("--split-column", default=None,
+              help="Generic format: column with train/val/dev/test. Default: a 'split' column if present, "
+                   "else a hash of the key picks val (--val-fraction).")
 @click.option("--overwrite", is_flag=True,
               help="Replace an existing cache (or unfinished build) in --out that used other options.")
 def build_cache(src: str, out: str | None, image_size: int, patch_size: int, max_len: int, tokenizer: str,
                 val_fraction: float, processes: int | None, shard_size: int, image_column: str | None,
-                caption_column: str | None, jpeg_draft: bool, overwrite: bool) -> None:
+                caption_column: str | None, jpeg_draft: bool, format: str, label_column: str | None,
+                multi_label: bool, split_column: str | None, overwrite: bool) -> None:
     """Tokenize and patchify SRC once into a memory-mapped cache (docs/cache-format.md).
 
     SRC is an img2dataset output folder (webdataset .tar, parquet or files layout, e.g. from
-    `vlpipe fetch`) or a folder of images with one captions file (.jsonl, .csv or .tsv). Rerunning
-    the same command resumes an interrupted build: finished shards are kept.
+    `vlpipe fetch`), a folder of images with one captions file (.jsonl, .csv or .tsv), or a
+    labelled downstream dataset (Hateful Memes, MM-IMDB, UPMC Food-101 folder, or a generic
+    labelled .jsonl/.csv file): its labels go to labels.npy and its own train/val/test splits are
+    kept. Rerunning the same command resumes an interrupted build: finished shards are kept.
     """
     from vlpipe.cache.writer import build_cache as build
 
     target = out if out is not None else str(DEFAULT_ROOT / (Path(src).resolve().stem or "cache"))
     build(src, target, image_size=image_size, patch_size=patch_size, max_len=max_len, tokenizer=tokenizer,
           val_fraction=val_fraction, shard_size=shard_size, image_column=image_column,
-          caption_column=caption_column, jpeg_draft=jpeg_draft, processes=processes, overwrite=overwrite)
+          caption_column=caption_column, jpeg_draft=jpeg_draft, format=format, label_column=label_column,
+          multi_label=multi_label, split_column=split_column, processes=processes, overwrite=overwrite)
 
 
 @click.group()
