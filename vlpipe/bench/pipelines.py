@@ -9,8 +9,10 @@ Three families, all delivering what a training step consumes:
 - `webdataset`: the same per-sample work over img2dataset tar shards, the way people train on
   img2dataset output today (resampled shards, a small shuffle buffer).
 
-Every iterator is endless (epochs chain on), so a timed window never includes an epoch-end stall
-that a long training run would amortize.
+Every iterator is endless so a timed window never runs dry. The baselines sample endlessly (no
+epoch boundary, no worker restart: generous to them); vlpipe chains epochs through its public API,
+so its per-epoch start-up (e.g. forking workers in `processes` mode) is inside the timing, as in
+training.
 """
 
 from __future__ import annotations
