@@ -23,11 +23,10 @@ FAST = ["--processes", "1", "--threads", "8", "--shard-size", "10", "--timeout",
         "--max-pixels", "4000000", "--allow-private-network"]  # fmt: skip
 
 
-def run_fetch(server: ImageServer, out: Path, *extra: str, listing: str = "/list.tsv") -> dict:
-    result = CliRunner().invoke(
-        fetch, ["tsv", server.base + listing, "--out", str(out), "--download-dir", str(out.parent / "dl"), *extra],
-        catch_exceptions=False,
-    )  # fmt: skip
+def run_fetch(server: ImageServer, out: Path, *extra: str, command: tuple[str, ...] = ()) -> dict:
+    command = command or ("tsv", server.base + "/list.tsv")
+    args = [*command, "--out", str(out), "--download-dir", str(out.parent / "dl"), *extra]
+    result = CliRunner().invoke(fetch, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return fetch_report(out)
 
@@ -144,10 +143,11 @@ def test_rerun_with_other_options_is_refused(fetched: tuple[Path, dict], server:
 def test_loopback_refused_without_flag(server: ImageServer, tmp_path: Path) -> None:
     no_flag = [a for a in FAST if a != "--allow-private-network"]
     requests_before = len(server.requests)
-    report = run_fetch(server, tmp_path / "out", *no_flag, "--subset", "3", listing="/list-3.tsv")
-    assert report["kept"] == 0 and report["dropped"] == {"private_address": 3}
-    # The list itself was fetched (the user asked for it); no image URL was contacted.
-    assert server.requests[requests_before:] == ["/list-3.tsv"]
+    command = ("cc", "--tsv", server.base + "/list.tsv", "--subset", "3")
+    report = run_fetch(server, tmp_path / "out", *no_flag, command=command)
+    assert report["attempted"] == 3 and report["kept"] == 0 and report["dropped"] == {"private_address": 3}
+    # The list itself was fetched (the user named it); no image URL was contacted.
+    assert server.requests[requests_before:] == ["/list.tsv"]
 
 
 def test_output_feeds_build_cache(fetched: tuple[Path, dict], tmp_path: Path) -> None:

@@ -94,7 +94,7 @@ def fetch() -> None:
 )
 @_fetch_options
 def cc(split: str, out: Path | None, tsv: str | None, **opts: Any) -> None:
-    """Fetch Conceptual Captions 3M (e.g. `vlpipe fetch cc --subset 200k`)."""
+    """Fetch Conceptual Captions 3M, for example `vlpipe fetch cc --subset 200k`."""
     from vlpipe.fetch.pipeline import fetch_cc
 
     if out is None:

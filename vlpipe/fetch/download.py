@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 import os
 import signal
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations phones 
 
 from img2dataset.downloader import Downloader  # noqa: E402
 
+from vlpipe.errors import VlpipeError  # noqa: E402
 from vlpipe.fetch.safety import UrlPolicy, install_guard  # noqa: E402
 from vlpipe.fetch.verify import VerifyConfig, verify_shard  # noqa: E402
 
@@ -43,6 +45,15 @@ class DownloadConfig:
     timeout: float = 10.0  # per socket operation (img2dataset's own meaning)
     retries: int = 0
     distributor: str = "multiprocessing"
+
+
+def check_distributor(name: str) -> None:
+    """Fail early: img2dataset's ray distributor silently does nothing when ray is missing."""
+    if name not in DISTRIBUTORS:
+        raise VlpipeError(f"--distributor {name!r}: expected one of {', '.join(DISTRIBUTORS)}")
+    module = {"pyspark": "pyspark", "ray": "ray"}.get(name)
+    if module and importlib.util.find_spec(module) is None:
+        raise VlpipeError(f"--distributor {name} needs the {module} package: pip install {module}")
 
 
 class VerifyingDownloader(Downloader):

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from rich.progress import Progress
 
 from vlpipe.errors import VlpipeError
-from vlpipe.fetch.download import DISTRIBUTORS, DownloadConfig, run_img2dataset
+from vlpipe.fetch.download import DownloadConfig, check_distributor, run_img2dataset
 from vlpipe.fetch.report import CONFIG_FILE, INPUT_FILE, SELECTION_DROPS_FILE, fetch_report
 from vlpipe.fetch.safety import UrlPolicy
 from vlpipe.fetch.sources import (
@@ -98,10 +98,7 @@ def fetch_tsv(
 ) -> dict[str, Any]:
     """Fetch any caption/URL TSV (local path or http(s) URL) into verified shards under `out`."""
     cfg = config or FetchConfig()
-    if cfg.download.distributor not in DISTRIBUTORS:
-        raise VlpipeError(
-            f"--distributor {cfg.download.distributor!r}: expected one of {', '.join(DISTRIBUTORS)}"
-        )
+    check_distributor(cfg.download.distributor)
     if cfg.shard_size < 1:
         raise VlpipeError(f"--shard-size {cfg.shard_size}: must be >= 1")
     subset = parse_subset(cfg.subset)
@@ -146,11 +143,12 @@ def fetch_tsv(
 def _check_config(out: Path, fixed: dict[str, Any]) -> dict[str, Any]:
     """Load the run record of `out`, refusing to continue a fetch made with other options."""
     path = out / CONFIG_FILE
-    if not path.exists():
+    record = json.loads(path.read_text()) if path.exists() else None
+    # Until rows were selected nothing depends on the options (e.g. a mistyped path): start afresh.
+    if record is None or (record.get("options") != fixed and not (out / INPUT_FILE).exists()):
         record = {"format": "vlpipe-fetch", "version": 1, "options": fixed, "runs": []}
         write_json_atomic(path, record)
         return record
-    record = json.loads(path.read_text())
     if record.get("options") != fixed:
         old, new = record.get("options", {}), fixed
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
