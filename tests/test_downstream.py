@@ -10,8 +10,10 @@ import cachegen
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 from click.testing import CliRunner
 
+from vlpipe.cache import CacheDataset
 from vlpipe.cache.downstream import detect_format
 from vlpipe.cache.format import load_manifest
 from vlpipe.cache.verify import check_cache
@@ -84,6 +86,9 @@ def test_hateful_memes(tmp_path):
     assert "dev_seen.jsonl:2 (val)" in dup and "train.jsonl:4 (train)" in dup
     assert m["provenance"]["source_format"] == "hateful-memes"
     check_cache(out)
+    # The reader hands the same labels out per split (-1 = unlabeled test rows).
+    assert CacheDataset(out, split="test").__getitems__([0, 1])["labels"].tolist() == [-1, -1]
+    assert CacheDataset(out, split="train").__getitems__([3])["labels"].dtype == torch.int64
 
 
 @pytest.mark.parametrize(("line", "message"), [
@@ -136,6 +141,8 @@ def test_mmimdb(tmp_path):
     assert m["labels"]["counts"]["train"] == [2, 3, 2, 1]
     assert skipped(out) == [("15", "missing_metadata")]
     check_cache(out)
+    hot = CacheDataset(out, split="val").__getitems__([0])["labels"]
+    assert hot.dtype == torch.uint8 and hot.tolist() == [[0, 0, 1, 0]]
 
 
 def test_mmimdb_bad_split_file(tmp_path):
@@ -224,7 +231,8 @@ def test_generic_jsonl_multi_label_and_hash_split(tmp_path):
     rows[7]["tags"] = []  # a sample with no tag is valid: an all-zero row
     write_jsonl(tmp_path / "g" / "tags.jsonl", rows)
     out = tmp_path / "cache"
-    build_cache(tmp_path / "g" / "tags.jsonl", out, label_column="tags", multi_label=True, val_fraction=0.4, **OPTS)
+    # SRC may be the folder holding the one labelled file.
+    build_cache(tmp_path / "g", out, label_column="tags", multi_label=True, val_fraction=0.4, **OPTS)
     m, meta, labels = read(out)
     assert m["labels"]["names"] == ["blue", "green", "red"] and labels.dtype == np.uint8
     assert labels.tolist()[:3] == [[0, 0, 1], [1, 0, 1], [1, 1, 1]] and labels[7].tolist() == [0, 0, 0]
@@ -249,6 +257,7 @@ def test_generic_binary_ints_sorted_numerically(tmp_path):
     ([{"image": "p0.png", "text": "t", "label": "a", "split": "holdout"}], {"format": "generic"},
      r"d.jsonl:1: split 'holdout' is not one of"),
     ([{"image": "p0.png", "text": "t", "label": "a"}], {"format": "generic"}, r"only one label \('a'\)"),
+    ([{"image": "p0.png", "text": "t", "label": ""}], {"format": "generic"}, r"no labels found in the train split"),
     ([{"image": "p0.png", "text": "t", "label": "a"}], {"format": "food101"}, r"no train_titles.csv"),
 ])
 def test_generic_bad_inputs(tmp_path, rows, kwargs, message):

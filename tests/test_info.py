@@ -67,3 +67,15 @@ def test_cli_exit_codes(built, tmp_path, capsys):
     code, _, err = run_cli(["build-cache", str(src), "--out", str(out), "--image-size", "64",
                             "--patch-size", "8", "--max-len", "16", "--tokenizer", "wordpiece:150"], capsys)
     assert code == 1 and "--overwrite" in err
+
+
+def test_labels_row_summarizes_a_downstream_cache(tmp_path):
+    from test_downstream import OPTS as DOWNSTREAM_OPTS
+    from test_downstream import hateful
+
+    from vlpipe.cache.writer import build_cache
+
+    build_cache(hateful(tmp_path / "hm"), tmp_path / "cache", **DOWNSTREAM_OPTS)
+    rows = dict(cache_info(tmp_path / "cache"))
+    assert rows["labels"] == "binary, 2 labels (not_hateful, hateful); 3 unlabeled test"
+    assert rows["splits"] == "train 6, val 1, test 3"

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 from vlpipe.cache.format import MISSING_LABEL, LabelSpec, split_of
 from vlpipe.cache.sources import (
     CAPTION_COLUMN_CANDIDATES,
+    CAPTION_FILE_EXTENSIONS,
     IMAGE_COLUMN_CANDIDATES,
     Source,
     SourceShard,
@@ -95,7 +96,7 @@ def open_downstream(
         raise VlpipeError(f"--format {format!r}: expected one of {', '.join(FORMATS)}")
     if not rows:
         raise VlpipeError(f"{root}: the {format} dataset lists no samples")
-    spec, labels = _label_ids(rows, task, names)
+    spec, labels = _label_ids(rows, task, names, root)
     table = _with_problems(rows, labels, val_fraction, spec.multilabel)
     base = root if root.is_dir() else root.parent
     shards = [
@@ -123,7 +124,7 @@ def _hateful_rows(root: Path) -> list[RawRow]:
         if split != "test" and "label" not in names:
             raise VlpipeError(f"{path}: no 'label' field (only test files may lack labels)")
         for lineno, obj in lines:
-            where = f"{path.name}:{lineno}"
+            where = f"{path}:{lineno}"
             if not obj.get("img"):
                 raise VlpipeError(f"{path}:{lineno}: empty 'img' (image path)")
             image = Path(str(obj["img"]))
@@ -156,7 +157,7 @@ def _mmimdb_rows(root: Path) -> list[RawRow]:
         if name not in SPLIT_NAMES or not isinstance(ids, list):
             raise VlpipeError(f"{split_path}: {name!r} is not a split (train, dev, test) with a list of ids")
         for key in map(str, ids):
-            where = f"split.json[{name}] id {key}"
+            where = f"{split_path}[{name}] id {key}"
             meta_path = folder / f"{key}.json"
             meta = _read_json_object(meta_path)
             genres = meta.get("genres") if meta else None
@@ -213,7 +214,7 @@ def _food_rows(root: Path) -> list[RawRow]:
                 # The path under images/ is the key: file names need not be unique across splits.
                 key = f"{split}/{label}/{Path(name).with_suffix('').as_posix()}"
                 rows.append(RawRow(key, root / "images" / split / label / name, _text(text), label,
-                                   split, f"{path.name}:{lineno}"))
+                                   split, f"{path}:{lineno}"))
     return rows
 
 
@@ -222,8 +223,12 @@ def _food_rows(root: Path) -> list[RawRow]:
 
 def _generic_rows(path: Path, image_column: str | None, caption_column: str | None, label_column: str | None,
                   split_column: str | None, multi_label: bool) -> list[RawRow]:
-    if not path.is_file():
-        raise VlpipeError(f"{path}: --format generic needs a .jsonl, .csv or .tsv file as SRC")
+    if path.is_dir():
+        found = sorted(p for p in path.iterdir() if p.suffix.lower() in CAPTION_FILE_EXTENSIONS)
+        if len(found) != 1:
+            raise VlpipeError(f"{path}: --format generic needs one .jsonl, .csv or .tsv file; "
+                              f"found {len(found)} here, pass the one to use as SRC")
+        path = found[0]
     try:
         names, lines = _read_rows(path)
     except UnicodeDecodeError as exc:
@@ -237,7 +242,7 @@ def _generic_rows(path: Path, image_column: str | None, caption_column: str | No
     key_col = next((n for n in names if n.lower() in ("key", "id")), None)
     rows = []
     for lineno, row in lines:
-        where = f"{path.name}:{lineno}"
+        where = f"{path}:{lineno}"
         if not row.get(image_col):
             raise VlpipeError(f"{path}:{lineno}: empty {image_col!r} (image path)")
         image = Path(str(row[image_col]))
@@ -283,7 +288,8 @@ def _sorted_names(names: set[str]) -> tuple[str, ...]:
     return tuple(sorted(names))
 
 
-def _label_ids(rows: list[RawRow], task: str | None, names: tuple[str, ...] | None) -> tuple[LabelSpec, list[Any]]:
+def _label_ids(rows: list[RawRow], task: str | None, names: tuple[str, ...] | None,
+               origin: Path) -> tuple[LabelSpec, list[Any]]:
     """The label vocabulary and each row's label as an id, a tuple of ids, or None (absent).
 
     The vocabulary is the labels of the train split (all rows when there is none), sorted. A
@@ -300,11 +306,11 @@ def _label_ids(rows: list[RawRow], task: str | None, names: tuple[str, ...] | No
                 found.update(map(_label_name, r.label) if multilabel else [_label_name(r.label)])
         names = _sorted_names(found)
         if not names:
-            raise VlpipeError(f"{rows[0].where.split(':')[0]}: no labels found in the train split")
+            raise VlpipeError(f"{origin}: no labels found in the train split")
     if task is None:
         task = "binary" if len(names) == 2 else "multiclass"
     if task != "multilabel" and len(names) < 2:
-        raise VlpipeError(f"{rows[0].where.split(':')[0]}: only one label ({names[0]!r}) in the train split; "
+        raise VlpipeError(f"{origin}: only one label ({names[0]!r}) in the train split; "
                           "a classifier needs at least two")
     index = {n: i for i, n in enumerate(names)}
     unknown: Counter[str] = Counter()
