@@ -14,7 +14,7 @@ import torch
 from click.testing import CliRunner
 
 from vlpipe.cache import CacheDataset
-from vlpipe.cache.downstream import detect_format
+from vlpipe.cache.downstream import detect_format, open_downstream
 from vlpipe.cache.format import load_manifest
 from vlpipe.cache.verify import check_cache
 from vlpipe.cache.writer import build_cache
@@ -276,3 +276,17 @@ def test_generic_train_row_without_label_is_skipped(tmp_path):
     build_cache(tmp_path / "g" / "d.jsonl", out, label_column="label", val_fraction=0.0, **OPTS)
     assert skipped(out) == [("p0", "missing_label")]
     assert read(out)[2].tolist() == [1, 0, 1]
+
+
+def test_food101_header_tolerated_and_bad_rows_refused(tmp_path):
+    src = food(tmp_path / "food")
+    train = src / "texts" / "train_titles.csv"
+    train.write_text("image_name,text,label\n" + train.read_text())
+    source = open_downstream(src, "food101")
+    assert sum(len(s.rows) for s in source.shards) == 14
+    train.write_text(train.read_text() + "pizza_7.jpg,pizza\n")
+    with pytest.raises(VlpipeError, match=r"train_titles.csv:14: expected image_name,text,label; found 2"):
+        open_downstream(src, "food101")
+    train.write_bytes(b"pizza_1.jpg,caf\xe9,pizza\n")
+    with pytest.raises(VlpipeError, match=r"train_titles.csv: not a readable UTF-8 CSV file"):
+        open_downstream(src, "food101")

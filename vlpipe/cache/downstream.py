@@ -14,6 +14,7 @@ test split, duplicate id) are skipped with a reason and land in skipped.parquet.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from collections import Counter
@@ -117,7 +118,7 @@ def _hateful_rows(root: Path) -> list[RawRow]:
     rows = []
     for path in files:
         split = SPLIT_NAMES[path.stem.split("_")[0]]
-        names, lines = _read_rows(path)
+        names, lines = _rows_of(path)
         if "img" not in names:
             raise VlpipeError(f"{path}: no 'img' field; expected objects like "
                               '{"id", "img": "img/NNNNN.png", "label", "text"}')
@@ -202,19 +203,24 @@ def _food_rows(root: Path) -> list[RawRow]:
             if split == "train":
                 raise VlpipeError(f"{root}: no train_titles.csv (looked in {root} and {root / 'texts'})")
             continue
-        with path.open(encoding="utf-8", newline="") as fh:
-            for lineno, cells in enumerate(csv.reader(fh), start=1):
-                if not cells or (lineno == 1 and cells[0].strip().lower() in ("image_name", "image", "img")):
-                    continue  # the original files have no header; tolerate one
-                if len(cells) < 3:
-                    raise VlpipeError(f"{path}:{lineno}: expected image_name,text,label; found {len(cells)} column(s)")
-                name, text, label = cells[0].strip(), ",".join(cells[1:-1]), cells[-1].strip()
-                if not label:
-                    raise VlpipeError(f"{path}:{lineno}: empty label")
-                # The path under images/ is the key: file names need not be unique across splits.
-                key = f"{split}/{label}/{Path(name).with_suffix('').as_posix()}"
-                rows.append(RawRow(key, root / "images" / split / label / name, _text(text), label,
-                                   split, f"{path}:{lineno}"))
+        try:
+            reader = csv.reader(io.StringIO(path.read_text(encoding="utf-8-sig"), newline=""))
+            # line_num after each row is the file line where that row ends (text may span lines).
+            lines = [(reader.line_num, cells) for cells in reader]
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise VlpipeError(f"{path}: not a readable UTF-8 CSV file ({exc})") from None
+        for lineno, cells in lines:
+            if not cells or (lineno == 1 and cells[0].strip().lower() in ("image_name", "image", "img")):
+                continue  # the original files have no header; tolerate one
+            if len(cells) < 3:
+                raise VlpipeError(f"{path}:{lineno}: expected image_name,text,label; found {len(cells)} column(s)")
+            name, text, label = cells[0].strip(), ",".join(cells[1:-1]), cells[-1].strip()
+            if not label:
+                raise VlpipeError(f"{path}:{lineno}: empty label")
+            # The path under images/ is the key: file names need not be unique across splits.
+            key = f"{split}/{label}/{Path(name).with_suffix('').as_posix()}"
+            rows.append(RawRow(key, root / "images" / split / label / name, _text(text), label,
+                               split, f"{path}:{lineno}"))
     return rows
 
 
@@ -229,10 +235,7 @@ def _generic_rows(path: Path, image_column: str | None, caption_column: str | No
             raise VlpipeError(f"{path}: --format generic needs one .jsonl, .csv or .tsv file; "
                               f"found {len(found)} here, pass the one to use as SRC")
         path = found[0]
-    try:
-        names, lines = _read_rows(path)
-    except UnicodeDecodeError as exc:
-        raise VlpipeError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    names, lines = _rows_of(path)
     image_col = _pick_column(names, image_column, IMAGE_COLUMN_CANDIDATES, "image", path)
     text_col = _pick_column(names, caption_column, CAPTION_COLUMN_CANDIDATES, "caption", path)
     label_col = _pick_column(names, label_column, LABEL_COLUMN_CANDIDATES, "label", path)
@@ -266,6 +269,13 @@ def _generic_rows(path: Path, image_column: str | None, caption_column: str | No
 
 
 # ---- shared steps --------------------------------------------------------------------------------
+
+
+def _rows_of(path: Path) -> tuple[list[str], Any]:
+    try:
+        return _read_rows(path)
+    except UnicodeDecodeError as exc:
+        raise VlpipeError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
 def _text(value: Any) -> str | None:
