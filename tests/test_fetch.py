@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
+import os
+import signal
+import subprocess
+import sys
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -106,28 +110,42 @@ def test_report_cli(fetched: tuple[Path, dict]) -> None:
 
 
 @pytest.mark.slow
-def test_resume_after_interrupted_run(
-    fetched: tuple[Path, dict], server: ImageServer, tmp_path: Path
-) -> None:
+def test_resume_after_killed_run(fetched: tuple[Path, dict], server: ImageServer, tmp_path: Path) -> None:
     out, report = fetched
     resumed = tmp_path / "out"
-    shutil.copytree(out, resumed)
-    # The states a kill can leave: shard 0 downloaded by img2dataset (its stats file exists) but
-    # never verified, with a half-written verified tar under a temporary name; shard 2 done.
-    for name in ("00000.tar", "00000.parquet", "00000_stats.json", "vlpipe_00000_done.json",
-                 "vlpipe_00000_drops.parquet"):  # fmt: skip
-        (resumed / name).unlink()
-    (resumed / ".tmp-4242-00000.tar").write_bytes((out / "00000.tar").read_bytes()[:1000])
-    requests_before = len(server.requests)
+    args = [
+        "tsv",
+        server.base + "/list.tsv",
+        "--out",
+        str(resumed),
+        "--download-dir",
+        str(tmp_path / "dl"),
+        *FAST,
+    ]
+    # A real `vlpipe fetch` in its own process group, SIGKILLed (with its img2dataset workers)
+    # as soon as the first shard is done, i.e. in the middle of the next one.
+    proc = subprocess.Popen([sys.executable, "-m", "vlpipe.cli.main", "fetch", *args], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not list(resumed.glob("vlpipe_*_done.json")) and time.monotonic() < deadline:
+            assert proc.poll() is None, "fetch ended before it could be killed"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not fetch_report(resumed)["complete"]
+    # A verified shard half-written under its temporary name, as a kill during the rename leaves it.
+    (resumed / ".tmp-4242-00001.tar").write_bytes((out / "00001.tar").read_bytes()[:1000])
+
     again = run_fetch(server, resumed, *FAST)
     assert read_samples(resumed) == read_samples(out)
     assert drop_reasons(resumed) == drop_reasons(out)
     assert {k: again[k] for k in ("attempted", "kept", "dropped")} == {
         k: report[k] for k in ("attempted", "kept", "dropped")
     }
-    assert again["runs"] == 2 and not list(resumed.glob(".tmp-*"))
-    # Only shard 0 was downloaded again.
-    assert 0 < len(server.requests) - requests_before <= 12
+    assert again["complete"] and not list(resumed.glob(".tmp-*"))
+    assert not list((resumed / "vlpipe_staging").glob("*.tar"))
 
 
 def test_rerun_with_other_options_is_refused(fetched: tuple[Path, dict], server: ImageServer) -> None:
