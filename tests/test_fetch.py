@@ -204,3 +204,13 @@ def test_staging_recovery_after_kill(tmp_path: Path) -> None:
     (staging / "00000.tar").write_bytes(b"raw")
     _verify_staged(staging, out, 2, VerifyConfig(max_pixels=4_000_000))
     assert not (staging / "00000.tar").exists()
+
+
+def test_nothing_left_to_download(tmp_path: Path) -> None:
+    from vlpipe.fetch import FetchConfig, fetch_tsv
+
+    listing = tmp_path / "list.tsv"
+    listing.write_text("a\tfile:///etc/passwd\nb\tgopher://x/1\n")
+    report = fetch_tsv(str(listing), tmp_path / "out", config=FetchConfig())
+    assert report["complete"] and report["attempted"] == 2 and report["kept"] == 0
+    assert report["dropped"] == {"bad_scheme": 2}
