@@ -154,7 +154,11 @@ class _Run:
 
     def _save(self) -> None:
         """Rank 0 writes a checkpoint, unless the loss went bad since the last one."""
-        if any_true(bool(self.bad_loss.item()), self.info, self.device):
+        # Weights can go non-finite without a non-finite loss (an overflowing backward), so they are
+        # checked too: a checkpoint must never hold NaNs.
+        norms = torch._foreach_norm([p.detach() for p in self.model.parameters()])
+        weights_bad = not bool(torch.isfinite(torch.stack(norms)).all())
+        if any_true(bool(self.bad_loss.item()) or weights_bad, self.info, self.device):
             self._fail_nan()
         if self.info.is_main:
             state = {"micro": self.micro, "epoch": self.epoch, "sampler": self.sampler.state_dict(),
@@ -168,7 +172,8 @@ class _Run:
 
     def _fail_nan(self) -> None:
         kept = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written"
-        raise VlpipeError(f"the training loss became NaN/inf before step {self.step}; stopped, {kept}. "
+        raise VlpipeError(f"the training loss, gradients or weights became NaN/inf by step {self.step}; "
+                          f"stopped, {kept}. "
                           "Lower --lr, raise warmup or check the data")
 
     # -- the loop ------------------------------------------------------------------------------
@@ -256,8 +261,10 @@ class _Run:
 
     def _optimizer_step(self) -> None:
         self.schedule.apply(self.optimizer, self.step)
-        if self.config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip, foreach=True)
+        # max_norm=inf still computes the norm: a non-finite gradient marks the run bad like a NaN loss.
+        max_norm = self.config.grad_clip if self.config.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm, foreach=True)
+        self.bad_loss |= ~torch.isfinite(grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.teacher is not None:

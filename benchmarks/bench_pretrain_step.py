@@ -1,0 +1,103 @@
+"""Pretraining throughput: samples/s with all three tasks and the share of step time spent waiting for data.
+
+    # on a GPU (H100/H200): base preset, bf16 autocast, torch.compile
+    python benchmarks/bench_pretrain_step.py --cache cache/cc --batch-size 128
+    # no cache at hand: draw N synthetic captioned images at 224 px and cache them first
+    python benchmarks/bench_pretrain_step.py --synthetic 2048 --batch-size 128
+    # CPU smoke mode (CI): tiny preset, tiny synthetic cache, a few steps, fp32, no compile
+    python benchmarks/bench_pretrain_step.py --smoke
+
+It runs the real training loop (`vlpipe.train.pretrain`): the cache loader, on-device task
+construction, the EMA teacher, one student forward/backward, AdamW. The first window (compilation,
+allocator warm-up) is excluded; the numbers are the mean of the later logging windows. Prints one
+JSON object; paste it into benchmarks/RESULTS.md together with the card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from vlpipe.train.config import PretrainConfig
+from vlpipe.train.metrics import read_metrics
+from vlpipe.train.trainer import pretrain
+
+
+def synthetic_cache(root: Path, n: int, image_size: int, patch_size: int, processes: int) -> Path:
+    """Draw `n` captioned images and cache them (the same path users take, just generated data)."""
+    from vlpipe.cache.writer import build_cache
+    from vlpipe.demo.synth import make_dataset
+
+    captions = make_dataset(root / "src", n=n, seed=0, image_size=image_size)
+    build_cache(captions, root / "cache", image_size=image_size, patch_size=patch_size, max_len=32,
+                tokenizer="wordpiece:2000", val_fraction=0.02, processes=processes, quiet=True)
+    return root / "cache"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cache", help="an existing cache directory")
+    parser.add_argument("--synthetic", type=int, default=0, help="build a synthetic cache of N samples instead")
+    parser.add_argument("--smoke", action="store_true", help="CPU smoke run: tiny preset, few steps")
+    parser.add_argument("--preset", default="base")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--window", type=int, default=20, help="optimizer steps per measuring window")
+    parser.add_argument("--windows", type=int, default=3, help="measured windows after the warm-up window")
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--loader-mode", default="threads")
+    parser.add_argument("--out", help="run directory (default: a temporary one)")
+    args = parser.parse_args()
+
+    if args.smoke:
+        args.preset, args.batch_size, args.window, args.windows, args.no_compile = "tiny", 8, 2, 2, True
+        args.synthetic = args.synthetic or 64
+        args.workers = 1
+        torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory(prefix="vlpipe-bench-") as tmp:
+        tmp_root = Path(tmp)
+        began = time.perf_counter()
+        if args.cache:
+            cache = Path(args.cache)
+        elif args.synthetic:
+            size, patch = (32, 8) if args.smoke else (224, 16)
+            cache = synthetic_cache(tmp_root, args.synthetic, size, patch, processes=1 if args.smoke else 8)
+        else:
+            parser.error("give --cache DIR, --synthetic N or --smoke")
+        cache_seconds = time.perf_counter() - began
+        out = Path(args.out) if args.out else tmp_root / "run"
+        steps = args.window * (1 + args.windows)
+        config = PretrainConfig(
+            cache=str(cache), out=str(out), preset=args.preset, steps=steps, batch_size=args.batch_size,
+            log_every=args.window, precision=args.precision, compile=not args.no_compile, workers=args.workers,
+            loader_mode=args.loader_mode, eval_max_batches=2, eval_batch_size=args.batch_size, live=False,
+            plots=False, lr=1e-4,
+        )
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        result = pretrain(config)
+        run_config = json.loads((out / "config.json").read_text())
+        windows = [r for r in read_metrics(out / "metrics.jsonl") if r["split"] == "train"][1:]
+        report = {
+            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
+            "preset": args.preset, "batch_size": args.batch_size, "precision": run_config["precision"],
+            "compile": config.compile, "tasks": list(config.tasks), "loader": f"{args.loader_mode}x{args.workers}",
+            "samples_per_s": sum(w["samples_per_s"] for w in windows) / len(windows),
+            "data_wait_share": sum(w["data_wait"] for w in windows) / len(windows),
+            "measured_steps": args.window * len(windows),
+            "final_train_loss": result.train.get("loss"),
+            "peak_gpu_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+            "cache_build_s": cache_seconds, "torch": torch.__version__,
+        }
+        print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

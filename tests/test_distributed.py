@@ -1,0 +1,70 @@
+"""DDP through torchrun on the CPU (gloo, 2 processes): disjoint data, identical weights after a step."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vlpipe.train.distributed import DistInfo, init_distributed
+
+WORKER = textwrap.dedent('''
+    import json, os, sys
+    import torch
+    from safetensors.torch import save_file
+    torch.set_num_threads(1)
+    from vlpipe.train.config import PretrainConfig
+    from vlpipe.train.trainer import pretrain
+
+    cache, out, record = sys.argv[1:4]
+    rank = int(os.environ["RANK"])
+
+    def hook(info):
+        json.dump([int(i) for t in info.indices for i in t], open(f"{record}/indices{rank}.json", "w"))
+        save_file({n: p.detach().clone() for n, p in info.model.named_parameters()},
+                  f"{record}/weights{rank}.safetensors")
+
+    result = pretrain(PretrainConfig(cache=cache, out=out, steps=1, batch_size=6, workers=1, live=False,
+                                     plots=False, device="cpu", lr=1e-3, warmup=0), on_step=hook)
+    json.dump({"steps": result.steps, "val": result.val}, open(f"{record}/result{rank}.json", "w"))
+''')
+
+
+def test_single_process_without_torchrun(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    info, device = init_distributed("cpu")
+    assert info == DistInfo() and info.is_main and not info.enabled and device.type == "cpu"
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_shard_data_and_stay_identical(tmp_path):
+    import json
+
+    from vlpipe.cache.writer import build_cache
+    from vlpipe.demo.synth import make_dataset
+
+    captions = make_dataset(tmp_path / "src", n=40, seed=1, image_size=32)
+    build_cache(captions, tmp_path / "cache", image_size=32, patch_size=8, max_len=16, tokenizer="wordpiece:200",
+                val_fraction=0.1, processes=1, quiet=True)
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    record = tmp_path / "record"
+    record.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script),
+         str(tmp_path / "cache"), str(tmp_path / "run"), str(record)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seen = [set(json.loads((record / f"indices{r}.json").read_text())) for r in (0, 1)]
+    assert len(seen[0]) == len(seen[1]) == 6 and not seen[0] & seen[1]
+    w0, w1 = (load_file(record / f"weights{r}.safetensors") for r in (0, 1))
+    assert w0.keys() == w1.keys() and all(torch.equal(w0[k], w1[k]) for k in w0)
+    # rank 0 wrote the checkpoint; it holds exactly those weights
+    saved = load_file(tmp_path / "run" / "checkpoints" / "step_00000001" / "model.safetensors")
+    assert all(torch.equal(saved[k], w0[k]) for k in saved if k in w0)
+    results = [json.loads((record / f"result{r}.json").read_text()) for r in (0, 1)]
+    assert results[0]["steps"] == results[1]["steps"] == 1
+    assert results[0]["val"]["samples"] > 0 and results[1]["val"] == {}  # only rank 0 evaluates

@@ -1,0 +1,119 @@
+"""The training loop on a real (small) cache: exact resume, NaN stop, accumulation, fixed eval."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vlpipe.errors import VlpipeError
+from vlpipe.train.config import PretrainConfig
+from vlpipe.train.metrics import read_metrics
+from vlpipe.train.trainer import pretrain
+
+
+@pytest.fixture(scope="module")
+def small_cache(tmp_path_factory):
+    """48 synthetic captioned images, 32 px with 8 px patches: a real cache in a second or two."""
+    from vlpipe.cache.writer import build_cache
+    from vlpipe.demo.synth import make_dataset
+
+    root = tmp_path_factory.mktemp("train_cache")
+    captions = make_dataset(root / "src", n=48, seed=0, image_size=32)
+    build_cache(captions, root / "cache", image_size=32, patch_size=8, max_len=16, tokenizer="wordpiece:200",
+                val_fraction=0.2, processes=1, quiet=True)
+    return root / "cache"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # 2 shared cores: more than one intra-op thread per process only adds contention.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _config(cache, out, **kw):
+    base = dict(cache=str(cache), out=str(out), steps=6, batch_size=8, lr=1e-3, log_every=1, workers=1,
+                live=False, plots=False, eval_batch_size=8)
+    return PretrainConfig(**(base | kw))
+
+
+def _train_losses(run):
+    return [(r["step"], r["loss"], r.get("mlm_loss"), r.get("ap_loss"), r.get("mim_loss"))
+            for r in read_metrics(run / "metrics.jsonl") if r["split"] == "train"]
+
+
+def _weights(run, step):
+    return load_file(run / "checkpoints" / f"step_{step:08d}" / "model.safetensors")
+
+
+def test_resume_after_crash_equals_uninterrupted_run(small_cache, tmp_path):
+    full = pretrain(_config(small_cache, tmp_path / "full", ckpt_every=3))
+
+    def crash(info):
+        if info.step == 5:
+            raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        pretrain(_config(small_cache, tmp_path / "cut", ckpt_every=3), on_step=crash)
+    assert [r["step"] for r in read_metrics(tmp_path / "cut" / "metrics.jsonl")][-1] == 4  # step 4 was logged after the step-3 checkpoint: it must be redone
+    resumed = pretrain(_config(small_cache, tmp_path / "cut", ckpt_every=3, resume=True))
+    assert resumed.steps == full.steps == 6
+    assert _train_losses(tmp_path / "cut") == _train_losses(tmp_path / "full")
+    a, b = _weights(tmp_path / "full", 6), _weights(tmp_path / "cut", 6)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.val == {k: v for k, v in full.val.items() if k != "eval_seconds"} | {
+        "eval_seconds": resumed.val["eval_seconds"]}
+    # the run really trained: weights moved away from the initialisation of a fresh run
+    init = pretrain(_config(small_cache, tmp_path / "zero", steps=1, lr=1e-9, warmup=0))
+    assert init.steps == 1
+    assert any(not torch.allclose(a[k], _weights(tmp_path / "zero", 1)[k]) for k in a)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(small_cache, tmp_path):
+    def poison(info):
+        if info.step == 3:
+            with torch.no_grad():
+                next(info.model.parameters()).fill_(float("nan"))
+
+    with pytest.raises(VlpipeError, match="NaN/inf by step 4.*step_00000002"):
+        pretrain(_config(small_cache, tmp_path, steps=8, ckpt_every=2, log_every=3), on_step=poison)
+    pointer = json.loads((tmp_path / "checkpoints" / "latest.json").read_text())
+    assert pointer["step"] == 2
+    assert all(torch.isfinite(t).all() for t in _weights(tmp_path, 2).values())
+
+
+def test_existing_run_needs_resume(small_cache, tmp_path):
+    pretrain(_config(small_cache, tmp_path, steps=1))
+    with pytest.raises(VlpipeError, match="--resume"):
+        pretrain(_config(small_cache, tmp_path, steps=1))
+
+
+def test_accumulation_counts_optimizer_steps_and_epochs(small_cache, tmp_path):
+    seen = []
+    result = pretrain(_config(small_cache, tmp_path, steps=None, epochs=2, grad_accum=2, tasks=("mlm", "ap"),
+                              warmup=0.5), on_step=lambda info: seen.append([len(i) for i in info.indices]))
+    config = json.loads((tmp_path / "config.json").read_text())
+    per_epoch = config["steps_per_epoch"]
+    # ~38 train samples / batch 8 = 4 micro-batches = 2 optimizer steps per epoch
+    assert per_epoch == (config["pretrain"]["batch_size"] and 2)
+    assert result.steps == config["total_steps"] == 2 * per_epoch == len(seen)
+    assert all(sizes == [8, 8] for sizes in seen)
+    lrs = [r["lr"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["split"] == "train"]
+    assert lrs[0] == pytest.approx(1e-3 / 2)  # warmup is half of the 4 optimizer steps, not of 8 micro-batches
+    assert lrs[1] == pytest.approx(1e-3)
+    assert "mim_loss" not in result.val and result.val["ap_acc"] >= 0
+
+
+def test_validation_is_fixed_across_runs_and_epochs(small_cache, tmp_path):
+    a = pretrain(_config(small_cache, tmp_path / "a", steps=2, lr=1e-9, warmup=0, seed=1, eval_every=1))
+    b = pretrain(_config(small_cache, tmp_path / "b", steps=2, lr=1e-9, warmup=0, seed=1, eval_every=1))
+    vals = [r for r in read_metrics(tmp_path / "a" / "metrics.jsonl") if r["split"] == "val"]
+    assert len(vals) == 2
+    # lr ~ 0: same weights at both evaluations, so fixed masks and negatives give identical numbers
+    for key in ("mlm_loss", "ap_loss", "mim_loss", "mlm_acc", "mim_top1"):
+        assert vals[0][key] == pytest.approx(vals[1][key], rel=1e-5)
+        assert a.val[key] == b.val[key]
+    assert a.val["samples"] == b.val["samples"] > 0
