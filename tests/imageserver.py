@@ -8,6 +8,7 @@ top and bottom halves must have once upright) or drop it with a given reason.
 from __future__ import annotations
 
 import io
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -143,7 +144,9 @@ CASES: list[Case] = [
 class ImageServer:
     """Serves `IMAGES`, error endpoints and `/list.tsv` (+ `/list-N.tsv` for the first N cases)."""
 
-    def __init__(self, cases: list[Case] = CASES, trickle_seconds: float = 20.0) -> None:
+    def __init__(
+        self, cases: list[Case] = CASES, trickle_seconds: float = 20.0, tls: tuple[str, str] | None = None
+    ) -> None:
         self.cases = cases
         self.trickle_seconds = trickle_seconds
         # Built up front: a handler busy encoding images could exceed a client's short timeout.
@@ -151,7 +154,13 @@ class ImageServer:
         self.requests: list[str] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self._server.server_address[1]}"
+        scheme = "http"
+        if tls:  # (cert.pem, key.pem): serve https
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+            scheme = "https"
+        self.base = f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     def url(self, case: Case) -> str:

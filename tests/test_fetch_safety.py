@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import urllib.error
+from pathlib import Path
 
 import pytest
 from imageserver import ImageServer
@@ -111,3 +114,26 @@ def test_response_size_limit() -> None:
         with pytest.raises(PolicyError) as info:
             opener.open(server.base + "/img/jpeg", timeout=2).read()
         assert info.value.reason == "too_large"
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
+def test_https_through_the_guard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Most real image URLs are https: the guarded connection must do TLS with hostname checks.
+    cert, key = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "2",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    allow = UrlPolicy(allow_private_network=True, deadline_s=1.0)
+    with ImageServer(tls=(cert, key)) as server:
+        with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+            build_opener(allow).open(server.base + "/img/jpeg", timeout=3)
+        monkeypatch.setenv("SSL_CERT_FILE", cert)  # read when the opener's TLS context is made
+        assert build_opener(allow).open(server.base + "/img/jpeg", timeout=3).read() == server.body("jpeg")
+        with pytest.raises(PolicyError) as info:
+            build_opener(allow).open(server.base + "/trickle", timeout=3).read()
+        assert info.value.reason == "timeout"
+        with pytest.raises(urllib.error.URLError) as refused:
+            build_opener(UrlPolicy()).open(server.base + "/img/jpeg", timeout=3)
+        assert reason_of(refused.value) == "private_address"
