@@ -133,6 +133,30 @@ def test_wordpiece_trains_20k_captions_from_a_generator() -> None:
     assert ids.shape == (100, 32) and (lengths >= 5).all()
 
 
+def test_wordpiece_alphabet_counts_match_whole_caption_normalization() -> None:
+    """The alphabet is counted per distinct character; that must equal normalizing whole captions."""
+    from collections import Counter
+
+    from vlpipe.text.specs import _frequent_characters
+
+    captions = [*CAPTIONS, "\u039f\u0394\u039f\u03a3 \u00c7a \ufb01ne \uff21\uff22 ctl\x00\x07 \u6771\u4eac", *make_captions(500)]
+    normalizer = load_tokenizer("wordpiece:100", captions).hf.normalizer
+    expected = Counter(c for caption in captions for c in normalizer.normalize_str(caption) if not c.isspace())
+    assert _frequent_characters(captions, normalizer, 10_000) == sorted(expected)
+    top = sorted(expected, key=lambda c: (-expected[c], c))[:7]
+    assert _frequent_characters(captions, normalizer, 7) == sorted(top)
+
+
+def test_wordpiece_vocab_never_exceeds_the_requested_size() -> None:
+    """Rare characters beyond the budget become [UNK] instead of growing the vocabulary past N."""
+    captions = [*make_captions(300), "".join(chr(code) for code in range(0x4E00, 0x4E00 + 200))]
+    tokenizer = load_tokenizer("wordpiece:60", captions)
+    assert tokenizer.vocab_size <= 60
+    # Equally rare characters compete by code point, so the last one is surely left out.
+    ids, lengths = tokenizer.encode_batch([chr(0x4E00 + 199) + " dog"], 8)
+    assert ids[0, 1] == tokenizer.unk_id and tokenizer.unk_id not in ids[0, 2 : lengths[0]]
+
+
 @pytest.mark.parametrize("spec", ["wordpiece:abc", "wordpiece:3", "wordpiece:", "wordpiece:10k"])
 def test_bad_wordpiece_specs(spec: str) -> None:
     with pytest.raises(VlpipeError, match="wordpiece:N"):

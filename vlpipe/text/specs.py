@@ -95,17 +95,23 @@ def train_wordpiece(captions: Iterable[str] | None, vocab_size: int, spec: str) 
 
 
 def _frequent_characters(captions: Sequence[str], normalizer: normalizers.Normalizer, limit: int) -> list[str]:
-    """The `limit` most frequent non-space characters after normalization; ties go to the lower code point."""
-    counts = np.zeros(sys.maxunicode + 1, dtype=np.int64)
+    """The `limit` most frequent non-space characters after normalization; ties go to the lower code point.
+
+    BERT normalization maps each character on its own (lowercase, accents stripped, controls
+    dropped), so raw code points are counted with numpy and only the distinct ones are normalized.
+    """
+    raw = np.zeros(sys.maxunicode + 1, dtype=np.int64)
     for start in range(0, len(captions), _ALPHABET_CHUNK):
-        # BERT normalization works per character, so joining captions does not change the result.
-        text = normalizer.normalize_str("\n".join(captions[start : start + _ALPHABET_CHUNK]))
+        text = "\n".join(captions[start : start + _ALPHABET_CHUNK])
         code_points = np.frombuffer(text.encode("utf-32-le", errors="replace"), dtype=np.uint32)
-        counts += np.bincount(code_points, minlength=counts.size)
-    seen = np.flatnonzero(counts)
-    seen = seen[[not chr(code).isspace() for code in seen]]
-    order = np.lexsort((seen, -counts[seen]))
-    return sorted(chr(code) for code in seen[order[:limit]])
+        raw += np.bincount(code_points, minlength=raw.size)
+    counts: dict[int, int] = {}
+    for code in np.flatnonzero(raw).tolist():
+        for char in normalizer.normalize_str(chr(code)):
+            if not char.isspace():
+                counts[ord(char)] = counts.get(ord(char), 0) + int(raw[code])
+    ranked = sorted(counts, key=lambda code: (-counts[code], code))
+    return sorted(chr(code) for code in ranked[:limit])
 
 
 def _bert_wordpiece(vocab: dict[str, int]) -> Tokenizer:
