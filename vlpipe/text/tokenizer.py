@@ -110,7 +110,7 @@ class TextTokenizer:
         try:
             encodings = self._truncating_tokenizer(max_len).encode_batch_fast(texts)
         except TypeError as exc:
-            raise VlpipeError(f"captions must be strings: {exc}") from exc
+            raise VlpipeError(describe_bad_caption(texts)) from exc
         rows = [encoding.ids for encoding in encodings]
         lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
         flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum()))
@@ -155,6 +155,18 @@ class TextTokenizer:
             f"TextTokenizer(spec={self.spec!r}, vocab_size={self.vocab_size}, pad_id={self.pad_id}, "
             f"cls_id={self.cls_id}, sep_id={self.sep_id}, mask_id={self.mask_id}, unk_id={self.unk_id})"
         )
+
+
+def describe_bad_caption(captions: Iterable[object]) -> str:
+    """Name the first caption the Rust tokenizer cannot take (only called once something failed)."""
+    for index, caption in enumerate(captions):
+        if not isinstance(caption, str):
+            return f"caption {index} is {type(caption).__name__}, not a string"
+        try:
+            caption.encode("utf-8")
+        except UnicodeEncodeError:
+            return f"caption {index} is not valid Unicode (lone surrogate): {caption[:60]!r}"
+    return "captions must be strings of valid Unicode"
 
 
 def _lookup(tokenizer: Tokenizer, role: str) -> tuple[str, int] | None:
