@@ -189,7 +189,7 @@ def test_output_feeds_build_cache(fetched: tuple[Path, dict], tmp_path: Path) ->
 def test_staging_recovery_after_kill(tmp_path: Path) -> None:
     from test_fetch_verify import stage_shard
 
-    from vlpipe.fetch.pipeline import _verify_staged
+    from vlpipe.fetch.pipeline import _finalize_staged
     from vlpipe.fetch.verify import VerifyConfig, done_path
 
     staging, out = tmp_path / "staging", tmp_path / "out"
@@ -197,12 +197,12 @@ def test_staging_recovery_after_kill(tmp_path: Path) -> None:
         stage_shard(staging, srv)  # shard 0: downloaded, killed before verification
     (staging / "00001_stats.json").write_text("{")  # shard 1: killed while img2dataset wrote it
     (staging / "00001.tar").write_bytes(b"partial")
-    _verify_staged(staging, out, 2, VerifyConfig(max_pixels=4_000_000))
+    _finalize_staged(staging, out, 2, VerifyConfig(max_pixels=4_000_000))
     assert done_path(out, 0).exists() and not done_path(out, 1).exists()
     assert sorted(p.name for p in staging.iterdir()) == ["00000_stats.json", "00001.tar"]
     # Killed after shard 0's done record but before its raw files were removed.
     (staging / "00000.tar").write_bytes(b"raw")
-    _verify_staged(staging, out, 2, VerifyConfig(max_pixels=4_000_000))
+    _finalize_staged(staging, out, 2, VerifyConfig(max_pixels=4_000_000))
     assert not (staging / "00000.tar").exists()
 
 

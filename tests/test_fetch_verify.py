@@ -1,4 +1,4 @@
-"""Verification of a staged img2dataset shard: exact kept set, colours, orientation, drop reasons."""
+"""Per-image normalization and shard publishing: exact kept set, colours, orientation, drop reasons."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from imageserver import CASES, ImageServer, assert_kept_image
 
-from vlpipe.fetch.verify import VerifyConfig, done_path, drops_path, map_error, verify_shard
+from vlpipe.fetch.verify import Normalizer, VerifyConfig, done_path, drops_path, finalize_shard, map_error
 
 CONFIG = VerifyConfig(max_pixels=4_000_000)
 
@@ -42,79 +42,110 @@ def test_map_error(message: str, reason: str) -> None:
     assert map_error(message) == reason
 
 
+def image_cases() -> list:
+    return [c for c in CASES if c.path.startswith("/img/") and c.expect != "duplicate_url"]
+
+
+def test_normalizer_keeps_correct_images_and_names_the_rest() -> None:
+    normalizer = Normalizer(CONFIG)
+    with ImageServer() as server:
+        for case in image_cases():
+            data, width, height, original_width, original_height, error = normalizer(
+                io.BytesIO(server.body(case.path[5:]))
+            )
+            if case.expect == "kept":
+                assert error is None, (case.name, error)
+                assert_kept_image(data, case)
+                assert (width, height) == case.size and min(original_width, original_height) >= 64
+            else:
+                assert data is None and map_error(error) == case.expect, (case.name, error)
+
+
+def test_normalizer_never_raises() -> None:
+    # img2dataset would skip a sample whose resizer raised without recording it: a silent drop.
+    for junk in (b"", b"\x89PNG\r\n\x1a\n" + b"\0" * 40, b"GIF89a" + b"\xff" * 30, b"RIFF\0\0\0\0WEBPVP8 "):
+        *_, error = Normalizer(CONFIG)(io.BytesIO(junk))
+        assert error.startswith("vlpipe:")
+
+
 def stage_shard(staging: Path, server: ImageServer) -> dict[str, str]:
-    """Write shard 0 as img2dataset would (original bytes, disable_all_reencoding): key -> case name."""
+    """Write shard 0 as img2dataset does with our Normalizer as its resizer: key -> case name."""
     staging.mkdir(parents=True)
+    normalizer = Normalizer(CONFIG)
     rows, keys = [], {}
     with tarfile.open(staging / "00000.tar", "w") as tar:
-        for i, case in enumerate(
-            c for c in CASES if c.path.startswith("/img/") and c.expect != "duplicate_url"
-        ):
+        for i, case in enumerate(image_cases()):
             key = f"{i:09d}"
             keys[key] = case.name
-            data = server.body(case.path[5:])
-            info = tarfile.TarInfo(f"{key}.jpg")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+            original = server.body(case.path[5:])
+            data, width, height, original_width, original_height, error = normalizer(io.BytesIO(original))
+            if data is not None:
+                info = tarfile.TarInfo(f"{key}.jpg")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
             rows.append({"url": server.url(case), "caption": case.name, "row": i, "key": key,
-                         "status": "success", "error_message": None, "sha256": hashlib.sha256(data).hexdigest()})  # fmt: skip
+                         "status": "success" if error is None else "failed_to_resize", "error_message": error,
+                         "width": width, "height": height, "original_width": original_width,
+                         "original_height": original_height, "sha256": hashlib.sha256(original).hexdigest()})  # fmt: skip
     keys["000000099"] = "404"
     rows.append({"url": server.base + "/status/404", "caption": "404", "row": 99, "key": "000000099",
-                 "status": "failed_to_download", "error_message": "HTTP Error 404: Not Found", "sha256": None})  # fmt: skip
+                 "status": "failed_to_download", "error_message": "HTTP Error 404: Not Found", "width": None,
+                 "height": None, "original_width": None, "original_height": None, "sha256": None})  # fmt: skip
     pq.write_table(pa.Table.from_pylist(rows), staging / "00000.parquet")
-    stats = {"count": len(rows), "failed_to_download": 1, "duration": 1.0, "start_time": 0.0}
+    failed_to_resize = sum(r["status"] == "failed_to_resize" for r in rows)
+    stats = {"count": len(rows), "failed_to_download": 1, "failed_to_resize": failed_to_resize,
+             "duration": 1.0, "start_time": 0.0, "end_time": 1.0}  # fmt: skip
     (staging / "00000_stats.json").write_text(json.dumps(stats))
     return keys
 
 
-def test_verify_shard_keeps_exactly_the_correct_images(tmp_path: Path) -> None:
+def test_finalize_shard_publishes_kept_samples_and_drop_records(tmp_path: Path) -> None:
     by_name = {case.name: case for case in CASES}
     with ImageServer() as server:
         keys = stage_shard(tmp_path / "staging", server)
     out = tmp_path / "out"
-    done = verify_shard(tmp_path / "staging", out, 0, CONFIG)
+    done = finalize_shard(tmp_path / "staging", out, 0, CONFIG, bytes_downloaded=1234)
 
     with tarfile.open(out / "00000.tar") as tar:
-        members = {m.name: tar.extractfile(m).read() for m in tar}
-    kept = {keys[name.split(".")[0]] for name in members if name.endswith(".jpg")}
+        members = [(m.name, tar.extractfile(m).read()) for m in tar]
+    member_keys = [name.split(".")[0] for name, _ in members]
+    assert member_keys == sorted(member_keys)  # key order, each sample's files together
+    kept = {keys[name.split(".")[0]] for name, _ in members if name.endswith(".jpg")}
     assert kept == {name for name in keys.values() if by_name[name].expect == "kept"}
-    for name, data in members.items():
+    for name, data in members:
         key, ext = name.split(".")
         if ext == "jpg":
             assert_kept_image(data, by_name[keys[key]])
         elif ext == "txt":
             assert data.decode() == keys[key]
         else:
-            assert json.loads(data)["key"] == key
+            meta = json.loads(data)
+            assert meta["key"] == key and meta["status"] == "success" and meta["sha256"]
 
     drops = pq.read_table(drops_path(out, 0)).to_pylist()
     assert {keys[d["key"]]: d["reason"] for d in drops} == {
         name: by_name[name].expect for name in keys.values() if by_name[name].expect != "kept"
     }
+    stages = {keys[d["key"]]: d["stage"] for d in drops}
+    assert stages["404"] == "download" and stages["tiny"] == "verify"
+    assert next(d for d in drops if keys[d["key"]] == "tiny")["detail"] == "1x1"
     assert done["attempted"] == len(keys) == done["kept"] + sum(done["dropped"].values())
+    assert done["bytes_downloaded"] == 1234
     assert json.loads(done_path(out, 0).read_text()) == done
     meta = pq.read_table(out / "00000.parquet").to_pylist()
     assert sum(r["status"] == "success" for r in meta) == len(kept) and len(meta) == len(keys)
-    # The raw files are gone once the shard is verified; img2dataset's done marker stays.
+    # The staged files are gone once the shard is published; img2dataset's done marker stays.
     assert sorted(p.name for p in (tmp_path / "staging").iterdir()) == ["00000_stats.json"]
     assert not list(out.glob(".tmp-*"))
 
 
-def test_verify_is_deterministic_and_resizes(tmp_path: Path) -> None:
+def test_finalize_is_deterministic_and_resize_is_configurable(tmp_path: Path) -> None:
     with ImageServer() as server:
-        for name in "abc":
+        for name in "ab":
             stage_shard(tmp_path / name, server)
-    verify_shard(tmp_path / "a", tmp_path / "out_a", 0, CONFIG)
-    verify_shard(tmp_path / "b", tmp_path / "out_b", 0, CONFIG)
-    verify_shard(tmp_path / "c", tmp_path / "out_c", 0, VerifyConfig(max_pixels=4_000_000, image_size=100))
+        small = Normalizer(VerifyConfig(max_pixels=4_000_000, image_size=100))
+        data, width, height, original_width, original_height, _ = small(io.BytesIO(server.body("big")))
+    finalize_shard(tmp_path / "a", tmp_path / "out_a", 0, CONFIG)
+    finalize_shard(tmp_path / "b", tmp_path / "out_b", 0, CONFIG)
     assert (tmp_path / "out_a" / "00000.tar").read_bytes() == (tmp_path / "out_b" / "00000.tar").read_bytes()
-    with tarfile.open(tmp_path / "out_c" / "00000.tar") as tar:
-        metas = [json.loads(tar.extractfile(m).read()) for m in tar if m.name.endswith(".json")]
-    assert metas and min(min(m["width"], m["height"]) for m in metas) == 100
-    big = next(m for m in metas if m["caption"] == "big")
-    assert (big["width"], big["height"], big["original_width"], big["original_height"]) == (
-        133,
-        100,
-        1024,
-        768,
-    )
+    assert (width, height, original_width, original_height) == (133, 100, 1024, 768)

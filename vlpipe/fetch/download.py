@@ -1,11 +1,12 @@
-"""Run img2dataset as a downloader only, with our URL guard and per-shard verification plugged in.
+"""Run img2dataset with our URL guard and our image normalizer plugged in.
 
-img2dataset's `download()` has no hook for how a URL is fetched or what happens after a shard is
-written, so for the duration of the call we swap the `Downloader` class it instantiates for a
-subclass. The subclass is pickled into every download process (multiprocessing, Spark or Ray
-workers alike), where it (1) installs the guarded urllib opener from `safety.py` and (2) verifies
-each shard right after img2dataset finished it, so verification runs in parallel with downloads
-on every distributor.
+img2dataset's `download()` has no hook for how a URL is fetched, how an image is decoded, or
+what happens after a shard is written, so for the duration of the call we swap the `Downloader`
+class it instantiates for a subclass. The subclass is pickled into every download process
+(multiprocessing, Spark or Ray workers alike), where it (1) installs the guarded urllib opener
+from `safety.py`, (2) replaces img2dataset's resizer with `verify.Normalizer`, which runs on each
+image as it arrives, overlapped with the other downloads, and (3) publishes each shard with its
+drop records right after img2dataset finished it.
 
 Multiprocessing note: img2dataset uses the "spawn" start method, which re-imports the caller's
 main module in every worker. The `vlpipe` command and pytest are safe; a script calling
@@ -17,6 +18,7 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
+import io
 import os
 import signal
 from dataclasses import dataclass, field
@@ -29,7 +31,7 @@ from img2dataset.downloader import Downloader  # noqa: E402
 
 from vlpipe.errors import VlpipeError  # noqa: E402
 from vlpipe.fetch.safety import UrlPolicy, install_guard  # noqa: E402
-from vlpipe.fetch.verify import VerifyConfig, verify_shard  # noqa: E402
+from vlpipe.fetch.verify import Normalizer, VerifyConfig, finalize_shard  # noqa: E402
 
 # The package re-exports a function named `main`, shadowing the submodule as an attribute.
 i2d_main = importlib.import_module("img2dataset.main")
@@ -57,21 +59,36 @@ def check_distributor(name: str) -> None:
 
 
 class VerifyingDownloader(Downloader):
-    """img2dataset's Downloader, fetching through the URL guard and verifying each finished shard."""
+    """img2dataset's Downloader, fetching through the URL guard, normalizing with our decoder."""
 
     def __init__(self, *, policy: UrlPolicy, verify: VerifyConfig, final_dir: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.policy = policy
         self.verify = verify
         self.final_dir = final_dir
+        # Called on each image as it arrives, where img2dataset would decode and resize.
+        self.resizer = CountingNormalizer(verify)
 
     def __call__(self, row: Any) -> Any:
         install_guard(self.policy)
         return super().__call__(row)
 
     def download_shard(self, row: Any) -> None:
+        self.resizer.bytes_seen = 0
         super().download_shard(row)
-        verify_shard(Path(self.output_folder), Path(self.final_dir), row[0], self.verify)
+        finalize_shard(
+            Path(self.output_folder), Path(self.final_dir), row[0], self.verify, self.resizer.bytes_seen
+        )
+
+
+class CountingNormalizer(Normalizer):
+    """Also counts the downloaded bytes it sees (img2dataset records no sizes of its own)."""
+
+    bytes_seen = 0
+
+    def __call__(self, img_stream: io.BytesIO, blurring_bbox_list: Any = None) -> tuple[Any, ...]:
+        self.bytes_seen += img_stream.getbuffer().nbytes
+        return super().__call__(img_stream, blurring_bbox_list)
 
 
 def run_img2dataset(
@@ -104,8 +121,6 @@ def run_img2dataset(
             timeout=download.timeout,
             retries=download.retries,
             distributor=download.distributor,
-            # Keep the original bytes: decoding and resizing are done right in verify.py.
-            disable_all_reencoding=True,
             extract_exif=False,
             compute_hash="sha256",
             incremental_mode="incremental",

@@ -10,10 +10,10 @@ Output folder (what `vlpipe build-cache` reads, img2dataset's webdataset layout)
     OUT/vlpipe_input.parquet         the selected rows (row, caption, url) given to img2dataset
     OUT/vlpipe_selection_drops.parquet  rows dropped before downloading (bad scheme, duplicate URL)
     OUT/vlpipe_fetch.json            options and one record per run (for `vlpipe fetch report`)
-    OUT/vlpipe_staging/              img2dataset's raw output, deleted shard by shard once verified
+    OUT/vlpipe_staging/              img2dataset's own output, deleted shard by shard once published
 
-A rerun of the same command skips every shard with a done record, re-verifies shards that were
-downloaded but not verified, and re-downloads the rest, so it ends with the same kept set.
+A rerun of the same command skips every shard with a done record, publishes shards that were
+downloaded but not published, and re-downloads the rest, so it ends with the same kept set.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from vlpipe.fetch.sources import (
     select_rows,
     write_parquet,
 )
-from vlpipe.fetch.verify import VerifyConfig, done_path, verify_shard
+from vlpipe.fetch.verify import VerifyConfig, done_path, finalize_shard
 from vlpipe.utils.atomic import TMP_PREFIX, write_json_atomic
 
 STAGING_DIR = "vlpipe_staging"
@@ -121,14 +121,14 @@ def fetch_tsv(
 
     start = time.time()
     staging = out / STAGING_DIR
-    _verify_staged(staging, out, num_shards, cfg.verify)
+    _finalize_staged(staging, out, num_shards, cfg.verify)
     if _missing_shards(out, num_shards):
         with _progress(out, num_shards):
             run_img2dataset(
                 input_path, staging, out, shard_size=cfg.shard_size,
                 download=cfg.download, policy=cfg.policy, verify=cfg.verify,
             )  # fmt: skip
-        _verify_staged(staging, out, num_shards, cfg.verify)
+        _finalize_staged(staging, out, num_shards, cfg.verify)
     record["runs"].append({"start": start, "end": time.time(), "download": asdict(cfg.download)})
     write_json_atomic(out / CONFIG_FILE, record)
     missing = _missing_shards(out, num_shards)
@@ -163,11 +163,11 @@ def _missing_shards(out: Path, num_shards: int) -> list[int]:
     return [i for i in range(num_shards) if not done_path(out, i).exists()]
 
 
-def _verify_staged(staging: Path, out: Path, num_shards: int, cfg: VerifyConfig) -> None:
+def _finalize_staged(staging: Path, out: Path, num_shards: int, cfg: VerifyConfig) -> None:
     """Bring staging in line with the done records after a killed run.
 
-    A shard img2dataset finished (its stats file is written last) but that was not verified is
-    verified now; a partly downloaded shard loses img2dataset's done marker so it is downloaded
+    A shard img2dataset finished (its stats file is written last) but that was not published is
+    published now; a partly downloaded shard loses img2dataset's done marker so it is downloaded
     again; raw files left behind by a kill after the done record are removed.
     """
     for shard_id in range(num_shards):
@@ -177,19 +177,19 @@ def _verify_staged(staging: Path, out: Path, num_shards: int, cfg: VerifyConfig)
             for path in raw[:2]:
                 path.unlink(missing_ok=True)
         elif all(path.exists() for path in raw):
-            verify_shard(staging, out, shard_id, cfg)
+            finalize_shard(staging, out, shard_id, cfg)
         else:
             raw[2].unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
 def _progress(out: Path, num_shards: int) -> Iterator[None]:
-    """A rich progress bar over verified shards, polled from the done records while img2dataset runs."""
+    """A rich progress bar over finished shards, polled from the done records while img2dataset runs."""
     stop = threading.Event()
 
     def poll() -> None:
         with Progress(transient=True) as bar:
-            task = bar.add_task("fetch: shards verified", total=num_shards)
+            task = bar.add_task("fetch: shards done", total=num_shards)
             while not stop.wait(1.0):
                 bar.update(task, completed=num_shards - len(_missing_shards(out, num_shards)))
 

@@ -52,7 +52,8 @@ def fetch_report(out: str | Path) -> dict[str, Any]:
         "kept": kept,
         "dropped": dict(sorted(dropped.items(), key=lambda kv: (-kv[1], kv[0]))),
         "dropped_total": sum(dropped.values()),
-        "bytes_downloaded": sum(d["bytes_downloaded"] for d in done),
+        # Unknown (None) for a shard published after a crash: img2dataset keeps no byte counts.
+        "bytes_downloaded": sum(d["bytes_downloaded"] or 0 for d in done),
         "bytes_written": sum(d["bytes_written"] for d in done),
         "duration_s": round(duration, 3),
         "images_per_s": round(downloaded / duration, 2) if duration > 0 else None,

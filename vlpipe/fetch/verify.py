@@ -1,13 +1,18 @@
-"""Turn one raw img2dataset shard into a verified shard plus one drop record per dropped sample.
+"""Check and normalize every downloaded image, then seal each shard with one drop record per drop.
 
-img2dataset is run with all re-encoding disabled, so its staged shard holds the original bytes.
-Here every image is decoded with `vlpipe.imaging.load_rgb` (EXIF, 16-bit, CMYK, alpha ... done
-right), checked for size/aspect/area, and stored as an upright RGB JPEG whose shorter side is at
-most `image_size`. Everything img2dataset reported as failed is mapped to a short reason.
+Two steps, both run in img2dataset's worker processes:
 
-Crash safety: every output file is written under a temporary name and renamed; the
-`vlpipe_NNNNN_done.json` record is written last, and the staged raw files are deleted only after
-it, so a killed run can always redo an unfinished shard from its raw files.
+1. `Normalizer` takes the place of img2dataset's resizer, so it runs on each image as it arrives,
+   overlapped with the downloads of the other threads, exactly where img2dataset would decode.
+   It decodes with `vlpipe.imaging.load_rgb` (EXIF, 16-bit, CMYK, alpha ... done right), checks
+   size/aspect/area and returns an upright RGB JPEG whose shorter side is at most `image_size`;
+   a rejected image becomes img2dataset's "failed_to_resize" with a `vlpipe:<reason>` message.
+2. `finalize_shard` turns img2dataset's staged shard into the published one: samples sorted by
+   key, every failure mapped to a short reason and written as a drop record.
+
+Crash safety: every published file is written under a temporary name and renamed; the
+`vlpipe_NNNNN_done.json` record is written last, and the staged files are deleted only after it,
+so a killed run can always redo an unfinished shard from what is staged.
 """
 
 from __future__ import annotations
@@ -108,7 +113,7 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def _normalize(data: bytes, cfg: VerifyConfig) -> tuple[bytes, dict[str, int]]:
+def normalize(data: bytes, cfg: VerifyConfig) -> tuple[bytes, dict[str, int]]:
     """Decode, check and re-encode one image; raises ImageError with the drop reason."""
     img = load_rgb(data, max_pixels=cfg.max_pixels, draft_size=cfg.image_size or None)
     width, height = img.info["original_size"]
@@ -125,14 +130,39 @@ def _normalize(data: bytes, cfg: VerifyConfig) -> tuple[bytes, dict[str, int]]:
     return buffer.getvalue(), sizes
 
 
-def verify_shard(staging: Path, out: Path, shard_id: int, cfg: VerifyConfig) -> dict[str, Any]:
-    """Verify staged shard `shard_id` into `out`; returns (and writes last) its done record."""
+class Normalizer:
+    """A drop-in for img2dataset's `Resizer`: same call, same 6-tuple result, never raises.
+
+    It must not raise: img2dataset skips a sample whose resizer raised without writing any
+    record of it, which would be a silent drop.
+    """
+
+    def __init__(self, cfg: VerifyConfig) -> None:
+        self.cfg = cfg
+
+    def __call__(self, img_stream: io.BytesIO, blurring_bbox_list: Any = None) -> tuple[Any, ...]:
+        try:
+            data, sizes = normalize(img_stream.read(), self.cfg)
+        except ImageError as exc:
+            return None, None, None, None, None, f"{REASON_PREFIX}{exc.reason} {exc.detail}"
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is a property of the image
+            return None, None, None, None, None, f"{REASON_PREFIX}undecodable {type(exc).__name__}: {exc}"
+        return data, sizes["width"], sizes["height"], sizes["original_width"], sizes["original_height"], None
+
+
+def finalize_shard(
+    staging: Path, out: Path, shard_id: int, cfg: VerifyConfig, bytes_downloaded: int | None = None
+) -> dict[str, Any]:
+    """Publish staged shard `shard_id` into `out`; returns (and writes last) its done record.
+
+    No image is decoded here: `Normalizer` already did that while downloading.
+    `bytes_downloaded` is known when called right after the download, not after a crash.
+    """
     start = time.time()
     name = shard_name(shard_id)
-    rows = pq.read_table(staging / f"{name}.parquet").to_pylist()
-    raw = _read_tar(staging / f"{name}.tar")
+    rows = sorted(pq.read_table(staging / f"{name}.parquet").to_pylist(), key=lambda r: r["key"])
+    staged = _read_tar(staging / f"{name}.tar")
     stats = json.loads((staging / f"{name}_stats.json").read_text())
-    rows.sort(key=lambda r: r["key"])
 
     meta_rows: list[dict[str, Any]] = []
     drops: list[dict[str, Any]] = []
@@ -141,34 +171,27 @@ def verify_shard(staging: Path, out: Path, shard_id: int, cfg: VerifyConfig) -> 
         for row in rows:
             record = {
                 "key": row["key"], "row": row.get("row"), "caption": row.get("caption"), "url": row["url"],
-                "status": "success", "error_message": None, "width": None, "height": None,
-                "original_width": None, "original_height": None, "sha256": row.get("sha256"),
+                "status": row["status"], "error_message": None, "width": row.get("width"),
+                "height": row.get("height"), "original_width": row.get("original_width"),
+                "original_height": row.get("original_height"), "sha256": row.get("sha256"),
             }  # fmt: skip
-            if row["status"] != "success":
-                reason, detail, stage = (
-                    map_error(row["error_message"] or ""),
-                    row["error_message"],
-                    "download",
-                )
-            else:
-                try:
-                    data, sizes = _normalize(raw[row["key"]]["jpg"], cfg)
-                except ImageError as exc:
-                    reason, detail, stage = exc.reason, exc.detail, "verify"
-                else:
-                    record.update(sizes)
-                    meta_rows.append(record)
-                    _add(tar, f"{row['key']}.jpg", data)
-                    _add(tar, f"{row['key']}.txt", (row.get("caption") or "").encode("utf-8"))
-                    _add(tar, f"{row['key']}.json", json.dumps(record, indent=1).encode("utf-8"))
-                    continue
-            record.update(status="failed_to_download" if stage == "download" else "failed_to_resize")
-            record["error_message"] = reason
             meta_rows.append(record)
+            if row["status"] == "success":
+                _add(tar, f"{row['key']}.jpg", staged[row["key"]]["jpg"])
+                _add(tar, f"{row['key']}.txt", (row.get("caption") or "").encode("utf-8"))
+                _add(tar, f"{row['key']}.json", json.dumps(record, indent=1).encode("utf-8"))
+                continue
+            message = row["error_message"] or ""
+            reason = map_error(message)
+            record["error_message"] = reason
+            detail = (
+                message.split(" ", 1)[1] if message.startswith(REASON_PREFIX) and " " in message else message
+            )
+            stage = "verify" if row["status"] == "failed_to_resize" else "download"
             drops.append({"key": row["key"], "row": row.get("row"), "url": row["url"],
-                          "reason": reason, "detail": detail or "", "stage": stage})  # fmt: skip
+                          "reason": reason, "detail": detail, "stage": stage})  # fmt: skip
 
-    kept = sum(1 for r in meta_rows if r["status"] == "success")
+    kept = len(rows) - len(drops)
     with atomic_path(out / f"{name}.parquet") as tmp:
         pq.write_table(pa.Table.from_pylist(meta_rows), tmp)
     drop_schema = pa.schema(
@@ -180,20 +203,18 @@ def verify_shard(staging: Path, out: Path, shard_id: int, cfg: VerifyConfig) -> 
     write_json_atomic(
         out / f"{name}_stats.json",
         {"count": len(rows), "successes": kept, "failed_to_download": stats["failed_to_download"],
-         "failed_to_resize": len(rows) - kept - stats["failed_to_download"],
-         "start_time": stats["start_time"], "end_time": time.time()},
+         "failed_to_resize": stats["failed_to_resize"], "duration": stats["duration"],
+         "start_time": stats["start_time"], "end_time": stats["end_time"]},
     )  # fmt: skip
     done = {
         "shard": name,
         "attempted": len(rows),
         "kept": kept,
         "dropped": dict(sorted(Counter(d["reason"] for d in drops).items())),
-        "bytes_downloaded": sum(len(s.get("jpg", b"")) for s in raw.values()),
+        "bytes_downloaded": bytes_downloaded,
         "bytes_written": tar_path.stat().st_size,
         "download_seconds": stats["duration"],
-        "verify_seconds": time.time() - start,
-        "download_start": stats["start_time"],
-        "verify_end": time.time(),
+        "finalize_seconds": time.time() - start,
         "config": asdict(cfg),
     }
     write_json_atomic(done_path(out, shard_id), done)
