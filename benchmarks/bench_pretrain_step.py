@@ -29,21 +29,24 @@ from vlpipe.train.metrics import read_metrics
 from vlpipe.train.trainer import pretrain
 
 
-def synthetic_cache(root: Path, n: int, image_size: int, patch_size: int, processes: int) -> Path:
-    """Draw `n` captioned images and cache them (the same path users take, just generated data)."""
+def synthetic_cache(cache: Path, n: int, image_size: int, patch_size: int, processes: int) -> Path:
+    """Draw `n` captioned images and cache them into `cache` (the path users take, generated data).
+
+    Reruns reuse both folders (make_dataset and build_cache return at once when done already).
+    """
     from vlpipe.cache.writer import build_cache
     from vlpipe.demo.synth import make_dataset
 
-    captions = make_dataset(root / "src", n=n, seed=0, image_size=image_size)
-    build_cache(captions, root / "cache", image_size=image_size, patch_size=patch_size, max_len=32,
+    captions = make_dataset(cache.with_name(cache.name + "-src"), n=n, seed=0, image_size=image_size)
+    build_cache(captions, cache, image_size=image_size, patch_size=patch_size, max_len=32,
                 tokenizer="wordpiece:2000", val_fraction=0.02, processes=processes, quiet=True)
-    return root / "cache"
+    return cache
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cache", help="an existing cache directory")
-    parser.add_argument("--synthetic", type=int, default=0, help="build a synthetic cache of N samples instead")
+    parser.add_argument("--cache", help="a cache directory (with --synthetic: where to build it, reused if there)")
+    parser.add_argument("--synthetic", type=int, default=0, help="draw N captioned images and cache them first")
     parser.add_argument("--smoke", action="store_true", help="CPU smoke run: tiny preset, few steps")
     parser.add_argument("--preset", default="base")
     parser.add_argument("--batch-size", type=int, default=128)
@@ -64,11 +67,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="vlpipe-bench-") as tmp:
         tmp_root = Path(tmp)
         began = time.perf_counter()
-        if args.cache:
-            cache = Path(args.cache)
-        elif args.synthetic:
+        if args.synthetic:
             size, patch = (32, 8) if args.smoke else (224, 16)
-            cache = synthetic_cache(tmp_root, args.synthetic, size, patch, processes=1 if args.smoke else 8)
+            cache = Path(args.cache) if args.cache else tmp_root / "cache"
+            synthetic_cache(cache, args.synthetic, size, patch, processes=1 if args.smoke else 8)
+        elif args.cache:
+            cache = Path(args.cache)
         else:
             parser.error("give --cache DIR, --synthetic N or --smoke")
         cache_seconds = time.perf_counter() - began

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from vlpipe.train.tasks import TASKS
 
@@ -41,14 +42,22 @@ class Accumulator:
     def _add(self, name: str, value: torch.Tensor) -> None:
         self.sums[name] = self.sums[name] + value if name in self.sums else value.clone()
 
-    def summary(self) -> dict[str, float]:
-        """Mean loss per task, accuracy per task and mean total loss (one device sync)."""
+    def summary(self, all_ranks: bool = False) -> dict[str, float]:
+        """Mean loss per task, accuracy per task and mean total loss (one device sync).
+
+        `all_ranks`: sum over the DDP process group first (every rank must call it), so the
+        numbers describe the global batch rather than rank 0's shard.
+        """
         if not self.sums:
             return {}
         names = list(self.sums)
-        values = torch.stack([self.sums[n] for n in names]).cpu().tolist()
-        sums = dict(zip(names, values, strict=True))
-        out = {"loss": sums["loss"] / max(1, self.steps)}
+        stacked = torch.stack([self.sums[n] for n in names])
+        steps = self.steps
+        if all_ranks and dist.is_available() and dist.is_initialized():
+            dist.all_reduce(stacked)
+            steps *= dist.get_world_size()
+        sums = dict(zip(names, stacked.cpu().tolist(), strict=True))
+        out = {"loss": sums["loss"] / max(1, steps)}
         for task in TASKS:
             if f"{task}_count" in sums:
                 count = max(1.0, sums[f"{task}_count"])

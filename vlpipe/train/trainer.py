@@ -205,7 +205,7 @@ class _Run:
                     if any_true(bool(self.bad_loss.item()), self.info, self.device):
                         self._fail_nan()
                     elapsed = time.perf_counter() - window_start
-                    last_train = {**window.summary(), "samples_per_s": window_samples / max(elapsed, 1e-9),
+                    last_train = {**window.summary(all_ranks=True), "samples_per_s": window_samples / max(elapsed, 1e-9),
                                   "data_wait": data_wait / max(elapsed, 1e-9)}
                     self._record("train", last_train, began)
                     live.update(self.step, last_train)
