@@ -57,6 +57,14 @@ def test_config_rejects_impossible_settings(change: dict, tmp_path: Path) -> Non
         run_demo(DemoConfig(out=str(tmp_path), live=False, **change))
 
 
+def test_refuses_to_clear_a_folder_that_is_not_its_own(tmp_path: Path) -> None:
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "precious.npy").write_bytes(b"data")
+    with pytest.raises(VlpipeError, match="holds other files"):
+        run_demo(DemoConfig(out=str(tmp_path), live=False))
+    assert (tmp_path / "cache" / "precious.npy").read_bytes() == b"data"
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_demo_default_configuration_learns_alignment(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ from vlpipe.errors import VlpipeError
 from vlpipe.utils.atomic import write_json_atomic
 
 CHANCE_AP_ACCURACY = 0.5  # half the validation pairs are mismatched by construction
+MARKER = "vlpipe_demo.json"  # marks a folder as the demo's, so reruns may clear its stage folders
 STAGE_DIRS = ("raw", "cache", "run", "bench")
 
 
@@ -76,7 +77,10 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, An
     config.validate()
     console = console or Console()
     out = Path(config.out).expanduser().resolve()
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).exists():
+        raise VlpipeError(f"--out {out} holds other files; give the demo an empty or new folder")
     out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / MARKER, {"written_by": "vlpipe demo"})
     for name in STAGE_DIRS:
         shutil.rmtree(out / name, ignore_errors=True)
     (out / "summary.json").unlink(missing_ok=True)
