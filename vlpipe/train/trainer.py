@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,6 +123,7 @@ class _Run:
         self.epoch = 0
         self.last_checkpoint: Path | None = None
         self.bad_loss = torch.zeros((), dtype=torch.bool, device=device)
+        self._batches: Iterator[dict[str, torch.Tensor]] | None = None
 
     # -- setup ---------------------------------------------------------------------------------
 
@@ -195,7 +196,7 @@ class _Run:
                     wait_start = time.perf_counter()
                     batch = self._next_batch()
                     data_wait += time.perf_counter() - wait_start
-                    indices.append(batch["index"])
+                    indices.append(batch["index"].clone())  # the loader reuses its buffers
                     window.add(self._micro_step(batch, last=len(indices) == self.config.grad_accum))
                     window_samples += len(batch["index"]) * self.info.world_size
                 self._optimizer_step()
@@ -220,6 +221,7 @@ class _Run:
             val = self._evaluate(live, began)
             self._save()
         finally:
+            self._close_batches()
             live.close()
             if self.metrics is not None:
                 self.metrics.close()
@@ -237,14 +239,22 @@ class _Run:
             if self.sampler.position >= per_epoch:
                 self.epoch += 1
             self.sampler.set_epoch(self.epoch)
-            self._iterator = None
-        if getattr(self, "_iterator", None) is None:
-            self._iterator = iter(self.loader)
+            self._close_batches()
+        if self._batches is None:
+            self._batches = iter(self.loader)
         try:
-            batch = next(self._iterator)
+            batch = next(self._batches)
         except StopIteration:  # cannot happen with the counts above unless the loader misbehaves
             raise VlpipeError("the training loader ended an epoch early") from None
         return {k: batch[k].to(self.device, non_blocking=True) for k in BATCH_KEYS}
+
+    def _close_batches(self) -> None:
+        """Stop the loader's prefetch threads of an epoch that is left before its last batch."""
+        if self._batches is not None:
+            close = getattr(self._batches, "close", None)
+            if close is not None:
+                close()
+            self._batches = None
 
     def _micro_step(self, batch: dict[str, torch.Tensor], last: bool) -> dict[str, torch.Tensor]:
         inputs = prepare_batch(batch, self.specials, self.settings, self.num_patches, stream=self.micro)
