@@ -1,0 +1,59 @@
+"""The tiny model really learns on captions that describe their images (CPU, about two minutes)."""
+
+import math
+
+import pytest
+import torch
+
+from vlpipe.train.config import PretrainConfig
+from vlpipe.train.metrics import read_metrics
+from vlpipe.train.trainer import pretrain
+
+STEPS = 800
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from vlpipe.cache.writer import build_cache
+    from vlpipe.demo.synth import make_dataset
+
+    root = tmp_path_factory.mktemp("learning")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # 2 shared cores: one intra-op thread, the loader thread beside it
+    try:
+        captions = make_dataset(root / "src", n=1000, seed=0, image_size=32)
+        manifest = build_cache(captions, root / "cache", image_size=32, patch_size=8, max_len=24,
+                               tokenizer="wordpiece:300", val_fraction=0.1, processes=1, quiet=True)
+        result = pretrain(PretrainConfig(
+            cache=str(root / "cache"), out=str(root / "run"), preset="tiny", steps=STEPS, batch_size=32, lr=1e-3,
+            warmup=0.05, eval_every=STEPS // 4, log_every=50, workers=1, live=False, seed=0,
+        ))
+    finally:
+        torch.set_num_threads(before)
+    return manifest, result
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_tiny_model_learns_words_and_patches(trained):
+    manifest, result = trained
+    val = result.val
+    chance = math.log(manifest.text.vocab_size)
+    assert val["mlm_loss"] < 0.35 * chance, (val["mlm_loss"], chance)
+    assert val["mlm_acc"] > 0.5, val
+    # each masked patch must pick its own teacher target among the ~64 masked patches of aligned pairs
+    # in a val batch of 64 (2 per image): chance is under 2%
+    assert val["mim_top1"] > 0.3, val
+    vals = [r for r in read_metrics(result.run_dir / "metrics.jsonl") if r["split"] == "val"]
+    assert len(vals) == 4 and vals[-1]["mlm_loss"] < vals[0]["mlm_loss"] and vals[-1]["mim_loss"] < vals[0]["mim_loss"]
+    plots = {p.name for p in (result.run_dir / "plots").iterdir()}
+    assert plots >= {"loss.png", "mlm.png", "ap.png", "mim.png"}
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="AP stays at chance (loss ln 2) for the tiny preset trained from scratch "
+                   "with all three tasks: the image [CLS]/pooled output barely varies across images, see "
+                   "docs/training.md 'Known gap'. Remove this mark once AP learns.")
+def test_tiny_model_learns_alignment(trained):
+    _, result = trained
+    assert result.val["ap_acc"] >= 0.9, result.val
