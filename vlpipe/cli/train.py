@@ -114,7 +114,7 @@ def pretrain(config_file: str | None, model_options: tuple[str, ...], task_weigh
     result = run(load_config(config_file, **options))
     click.echo(f"trained {result.steps} steps in {result.seconds:.0f} s -> {result.run_dir}")
     for name, value in result.val.items():
-        click.echo(f"  val {name}: {value:.4f}")
+        click.echo(f"  val {name}: {value:.4f}" if name != "samples" else f"  val {name}: {int(value)}")
     if result.checkpoint is not None:
         click.echo(f"  checkpoint: {result.checkpoint}")
 
