@@ -117,15 +117,15 @@ class PretrainConfig:
         return cls(**values)
 
 
-def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Plain values from a `.json` or `.toml` file (a `[pretrain]` TOML table is accepted too)."""
+def read_config_file(path: str | os.PathLike[str], table: str = "pretrain") -> dict[str, Any]:
+    """Plain values from a `.json` or `.toml` file (a `[pretrain]`/`[table]` TOML table is accepted too)."""
     path = Path(path)
     if not path.is_file():
         raise VlpipeError(f"config file {path} does not exist")
     try:
         if path.suffix.lower() == ".toml":
             data = tomllib.loads(path.read_text(encoding="utf-8"))
-            data = data.get("pretrain", data)
+            data = data.get(table, data)
         elif path.suffix.lower() == ".json":
             data = json.loads(path.read_text(encoding="utf-8"))
         else:

@@ -38,16 +38,16 @@ class LiveView:
     Validation results are printed as a small table above the bar, so they stay on screen.
     """
 
-    def __init__(self, total_steps: int, start_step: int, enabled: bool) -> None:
+    def __init__(self, total_steps: int, start_step: int, enabled: bool, title: str = "pretrain") -> None:
         self.console = Console(stderr=True)
         self.enabled = enabled and self.console.is_terminal
         self._progress: Progress | None = None
         if self.enabled:
             self._progress = Progress(
-                TextColumn("[bold]pretrain"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                TextColumn(f"[bold]{title}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                 TimeRemainingColumn(), TextColumn("{task.fields[stats]}"), console=self.console,
             )
-            self._task = self._progress.add_task("pretrain", total=total_steps, completed=start_step, stats="")
+            self._task = self._progress.add_task(title, total=total_steps, completed=start_step, stats="")
             self._progress.start()
 
     def update(self, step: int, record: dict[str, Any] | None = None) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -14,6 +16,24 @@ from vlpipe.cache.sampler import CacheSampler
 from vlpipe.errors import VlpipeError
 from vlpipe.model import ModelConfig, build_model, make_config
 from vlpipe.train.config import PretrainConfig
+
+
+class OptimSettings(Protocol):
+    """What the optimizer and loader need from a run config (pretraining and fine-tuning alike)."""
+
+    lr: float
+    betas: tuple[float, float]
+    weight_decay: float
+    batch_size: int
+    loader_mode: str
+    workers: int
+
+
+def precision_context(precision: str, device: torch.device) -> tuple[Callable[[], Any], str]:
+    """The autocast context factory for `precision` (auto: bf16 on GPU, fp32 on CPU) and its name."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)), "bf16"
+    return contextlib.nullcontext, "fp32"
 
 
 def cache_geometry(manifest: Manifest) -> dict[str, Any]:
@@ -58,7 +78,7 @@ def build_pretrain_model(config: PretrainConfig, manifest: Manifest) -> nn.Modul
     return model
 
 
-def make_optimizer(model: nn.Module, config: PretrainConfig, device: torch.device) -> torch.optim.AdamW:
+def make_optimizer(model: nn.Module, config: OptimSettings, device: torch.device) -> torch.optim.AdamW:
     """AdamW without weight decay on biases, norms and other 1-d tensors (as BERT and ViT do).
 
     The fused CUDA kernel updates all parameters in a few launches instead of several per tensor.
@@ -71,7 +91,7 @@ def make_optimizer(model: nn.Module, config: PretrainConfig, device: torch.devic
     return torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas), fused=device.type == "cuda")
 
 
-def make_loader(dataset: CacheDataset, sampler: CacheSampler, config: PretrainConfig,
+def make_loader(dataset: CacheDataset, sampler: CacheSampler, config: OptimSettings,
                 device: torch.device) -> CacheLoader:
     """Ring-buffer loader; pinned memory on GPU so host-to-device copies overlap compute."""
     return CacheLoader(dataset, batch_size=config.batch_size, sampler=sampler, mode=config.loader_mode,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from vlpipe.errors import VlpipeError
 from vlpipe.train.metrics import ACCURACY_NAME, METRICS_FILE, read_metrics
@@ -13,7 +14,8 @@ PLOTS_DIR = "plots"
 
 
 def plot_run(run_dir: str | os.PathLike[str]) -> list[Path]:
-    """Write `plots/<task>.png` (loss and accuracy, train and val) and `plots/loss.png`; returns the paths."""
+    """Write `plots/<task>.png` (loss and accuracy, train and val), `plots/loss.png` and, for a
+    fine-tuning run, `plots/metrics.png`; returns the paths."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a display
@@ -59,4 +61,31 @@ def plot_run(run_dir: str | os.PathLike[str]) -> list[Path]:
         plt.close(fig)
         os.replace(tmp, path)
         written.append(path)
+    written += _plot_classification(records, out_dir, plt)
     return written
+
+
+# Fine-tuning runs log these per split (vlpipe/train/finetune.py); pretraining runs never do.
+CLASSIFICATION_METRICS = ("accuracy", "auroc", "top1", "top5", "macro_f1", "micro_f1", "macro_f1_tuned")
+
+
+def _plot_classification(records: list[dict], out_dir: Path, plt: Any) -> list[Path]:
+    """`plots/metrics.png`: each validation metric of a fine-tuning run over optimizer steps."""
+    names = [n for n in CLASSIFICATION_METRICS if any(r.get("split") == "val" and n in r for r in records)]
+    if not names:
+        return []
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for name in names:
+        rows = [r for r in records if r.get("split") == "val" and r.get(name) is not None]
+        ax.plot([r["step"] for r in rows], [r[name] for r in rows], "o-", label=f"val {name}", markersize=4)
+    ax.set_xlabel("optimizer step")
+    ax.set_title("validation metrics")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = out_dir / "metrics.png"
+    tmp = path.with_name(f".tmp-{path.name}")
+    fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return [path]

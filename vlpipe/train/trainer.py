@@ -29,7 +29,7 @@ from vlpipe.train.distributed import DistInfo, any_true, barrier, init_distribut
 from vlpipe.train.evaluate import BATCH_KEYS, evaluate
 from vlpipe.train.live import LiveView
 from vlpipe.train.metrics import Accumulator, MetricsWriter
-from vlpipe.train.model_setup import build_pretrain_model, make_loader, make_optimizer
+from vlpipe.train.model_setup import build_pretrain_model, make_loader, make_optimizer, precision_context
 from vlpipe.train.objective import EMATeacher, PretrainObjective
 from vlpipe.train.schedule import WarmupCosine, warmup_steps_for
 from vlpipe.train.tasks import TaskSettings, TextSpecials, prepare_batch
@@ -98,11 +98,7 @@ class _Run:
         if config.compile:
             self.runner = torch.compile(self.runner)
         self.optimizer = make_optimizer(self.model, config, device)
-        use_bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
-        self.autocast: Callable[[], Any] = (
-            (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
-        )
-        self.precision = "bf16" if use_bf16 else "fp32"
+        self.autocast, self.precision = precision_context(config.precision, device)
 
         self.sampler = CacheSampler(len(self.train_set), shuffle=True, seed=config.seed, rank=info.rank,
                                     world_size=info.world_size, drop_last=True)

@@ -1,0 +1,183 @@
+"""Fine-tuning on real tiny caches: learning an image-AND-text task, --init from a pretrain run,
+several seeds, exact resume, and the class-weighted loss."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from vlpipe.cache.format import load_manifest
+from vlpipe.cache.writer import build_cache
+from vlpipe.errors import VlpipeError
+from vlpipe.model import build_model
+from vlpipe.train.classifier import PRETRAIN_HEADS, Classifier, label_weights, load_shared_weights, loss_terms
+from vlpipe.train.config import PretrainConfig
+from vlpipe.train.finetune import FinetuneConfig, finetune, model_config_for_finetune
+from vlpipe.train.metrics import read_metrics
+from vlpipe.train.trainer import pretrain
+
+CACHE_OPTS = {"image_size": 32, "patch_size": 8, "max_len": 10, "quiet": True, "processes": 1}
+WORDS = ["cat", "dog", "sun", "tree", "car", "boat", "hat", "cup"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def xor_memes(root: Path, n_train: int, n_dev: int, n_test: int, seed: int = 0) -> Path:
+    """A Hateful Memes folder whose label needs both streams: red image XOR the word "not".
+
+    Colours are noisy reds and blues, texts a few random words around "is fine" / "is not fine",
+    so neither modality alone predicts better than chance.
+    """
+    rng = np.random.default_rng(seed)
+    (root / "img").mkdir(parents=True)
+    counter = 0
+
+    def rows(count: int, with_label: bool = True) -> list[dict]:
+        nonlocal counter
+        out = []
+        for _ in range(count):
+            red, neg = bool(rng.integers(2)), bool(rng.integers(2))
+            base = np.array([200, 40, 40] if red else [40, 40, 200], dtype=np.int16)
+            pixels = np.clip(base + rng.integers(-30, 31, size=(32, 32, 3)), 0, 255).astype(np.uint8)
+            name = f"img/{counter:05d}.png"
+            Image.fromarray(pixels).save(root / name)
+            words = " ".join(rng.choice(WORDS, size=2))
+            row = {"id": counter, "img": name, "text": f"{words} is {'not ' if neg else ''}fine"}
+            if with_label:
+                row["label"] = int(red != neg)
+            out.append(row)
+            counter += 1
+        return out
+
+    for file, count in (("train.jsonl", n_train), ("dev.jsonl", n_dev), ("test.jsonl", n_test)):
+        (root / file).write_text("".join(json.dumps(r) + "\n" for r in rows(count)))
+    return root
+
+
+@pytest.fixture(scope="module")
+def caches(tmp_path_factory):
+    """A labelled XOR cache and a small captions cache that shares its tokenizer (for pretraining)."""
+    root = tmp_path_factory.mktemp("finetune")
+    memes = build_cache(xor_memes(root / "memes", 192, 48, 32), root / "memes-cache", tokenizer="wordpiece:60",
+                        **CACHE_OPTS)
+    assert memes.labels is not None and memes.splits == {"train": 192, "val": 48, "test": 32}
+    captions = root / "captions.tsv"
+    lines = ["image\tcaption"]
+    (root / "pics").mkdir()
+    for i in range(24):
+        Image.new("RGB", (32, 32), (10 * i, 100, 200 - 5 * i)).save(root / "pics" / f"{i}.png")
+        lines.append(f"{root / 'pics' / f'{i}.png'}\t{WORDS[i % 8]} is {'not ' if i % 3 else ''}fine")
+    captions.write_text("\n".join(lines) + "\n")
+    build_cache(captions, root / "cc-cache", tokenizer=str(root / "memes-cache" / "tokenizer.json"),
+                val_fraction=0.25, **CACHE_OPTS)
+    return root / "memes-cache", root / "cc-cache"
+
+
+def _config(cache, out, **kw) -> FinetuneConfig:
+    base = dict(cache=str(cache), out=str(out), epochs=2, batch_size=16, lr=1e-3, log_every=4, workers=1,
+                live=False, plots=False, patience=0, model_overrides={"dropout": 0.0})
+    return FinetuneConfig(**(base | kw))
+
+
+@pytest.mark.slow
+def test_learns_a_task_that_needs_image_and_text(caches, tmp_path):
+    memes, _ = caches
+    result = finetune(_config(memes, tmp_path / "run", epochs=12, patience=4, metric="accuracy", plots=True))
+    run = result.summary["runs"]["0"]
+    assert run["metrics"]["val"]["accuracy"] >= 0.9, run
+    assert run["metrics"]["test"]["n"] == 32 and run["metrics"]["test"]["accuracy"] >= 0.8
+    assert (tmp_path / "run" / "seed-0" / "plots" / "metrics.png").exists()
+    val = [r for r in read_metrics(tmp_path / "run" / "seed-0" / "metrics.jsonl") if r["split"] == "val"]
+    assert val[0]["accuracy"] < 0.9  # it had to learn it
+
+
+def test_init_loads_every_shared_weight_and_the_head_starts_fresh(caches, tmp_path):
+    memes, cc = caches
+    pre = pretrain(PretrainConfig(cache=str(cc), out=str(tmp_path / "pre"), steps=2, batch_size=8, workers=1,
+                                  live=False, plots=False, eval_batch_size=8, lr=1e-3))
+    saved = load_file(pre.checkpoint / "model.safetensors")
+    shared = [k for k in saved if not k.startswith(tuple(f"{h}." for h in PRETRAIN_HEADS))]
+    assert len(shared) < len(saved)  # the pretraining heads are in the file but not shared
+
+    config = _config(memes, tmp_path / "ft", init=str(tmp_path / "pre"))
+    model_cfg, checkpoint = model_config_for_finetune(config, load_manifest(memes))
+    torch.manual_seed(0)
+    model = Classifier(build_model(model_cfg), 1, "product", 0.1)
+    head_before = {k: v.clone() for k, v in model.head.state_dict().items()}
+    loaded = load_shared_weights(model, checkpoint)
+    assert loaded == len(shared) == len(model.backbone.state_dict())
+    own = model.backbone.state_dict()
+    assert all(torch.equal(own[k], saved[k]) for k in shared)
+    assert all(torch.equal(v, head_before[k]) for k, v in model.head.state_dict().items())
+
+    result = finetune(config)
+    assert result.summary["init_loaded"] == len(shared)
+    assert json.loads((tmp_path / "ft" / "seed-0" / "config.json").read_text())["init_loaded"] == len(shared)
+    # A directory that is not a pretrain run is refused with a clear message.
+    bad = FinetuneConfig(cache=str(memes), out=str(tmp_path / "x"), init=str(tmp_path / "nothing"))
+    with pytest.raises(VlpipeError, match="no checkpoint found"):
+        finetune(bad)
+
+
+def _losses(run: Path) -> list[tuple]:
+    return [(r["split"], r["step"], r["loss"]) for r in read_metrics(run / "metrics.jsonl")]
+
+
+def test_seeds_summary_and_exact_resume(caches, tmp_path):
+    memes, _ = caches
+    full = finetune(_config(memes, tmp_path / "full", seeds=(0, 1)))
+    s = full.summary
+    assert s["seeds"] == [0, 1] and set(s["runs"]) == {"0", "1"}
+    accs = [s["runs"][k]["metrics"]["val"]["accuracy"] for k in ("0", "1")]
+    assert s["mean"]["val"]["accuracy"] == pytest.approx(np.mean(accs))
+    assert s["std"]["val"]["accuracy"] == pytest.approx(np.std(accs, ddof=1))
+    assert json.loads((tmp_path / "full" / "summary.json").read_text()) == s
+
+    def crash(seed, step):
+        if seed == 1 and step == 15:  # in seed 1's second epoch (12 steps per epoch)
+            raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        finetune(_config(memes, tmp_path / "cut", seeds=(0, 1)), on_step=crash)
+    with pytest.raises(VlpipeError, match="--resume"):
+        finetune(_config(memes, tmp_path / "cut", seeds=(0, 1)))
+    resumed = finetune(_config(memes, tmp_path / "cut", seeds=(0, 1), resume=True))
+    for seed in ("0", "1"):
+        assert resumed.summary["runs"][seed]["metrics"] == s["runs"][seed]["metrics"]
+        a = load_file(tmp_path / "full" / f"seed-{seed}" / "best.safetensors")
+        b = load_file(tmp_path / "cut" / f"seed-{seed}" / "best.safetensors")
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        assert _losses(tmp_path / "cut" / f"seed-{seed}") == _losses(tmp_path / "full" / f"seed-{seed}")
+
+
+def test_class_weighted_loss_and_ignored_labels():
+    logits = torch.tensor([[0.3], [-1.0], [2.0]])
+    labels = torch.tensor([1, 0, -1])
+    total, norm = loss_terms("binary", logits, labels, torch.tensor([3.0]))
+    ref = torch.nn.functional.binary_cross_entropy_with_logits(logits[:2, 0], labels[:2].float(),
+                                                               pos_weight=torch.tensor([3.0]))
+    assert float(total / norm) == pytest.approx(float(ref))
+    logits = torch.randn(4, 3)
+    labels = torch.tensor([2, 0, -1, 1])
+    w = label_weights("multiclass", [10, 5, 5], 20, torch.device("cpu"))
+    assert w.tolist() == pytest.approx([20 / 30, 20 / 15, 20 / 15])
+    total, norm = loss_terms("multiclass", logits, labels, w)
+    ref = torch.nn.functional.cross_entropy(logits, labels, weight=w, ignore_index=-1)
+    assert float(total / norm) == pytest.approx(float(ref))
+    multi = torch.tensor([[1, 0], [0, 0]], dtype=torch.uint8)
+    w = label_weights("multilabel", [1, 0], 2, torch.device("cpu"))
+    assert w.tolist() == [1.0, 1.0]
+    total, norm = loss_terms("multilabel", torch.zeros(2, 2), multi, w)
+    assert float(total / norm) == pytest.approx(float(np.log(2)))
