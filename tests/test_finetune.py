@@ -181,3 +181,38 @@ def test_class_weighted_loss_and_ignored_labels():
     assert w.tolist() == [1.0, 1.0]
     total, norm = loss_terms("multilabel", torch.zeros(2, 2), multi, w)
     assert float(total / norm) == pytest.approx(float(np.log(2)))
+
+
+def test_cli_finetune_then_report(caches, tmp_path, capsys):
+    from vlpipe.cli.main import main
+
+    memes, _ = caches
+
+    def cli(*argv):
+        with pytest.raises(SystemExit) as exc:
+            main(list(argv))
+        out = capsys.readouterr()
+        return exc.value.code, out.out, out.err
+
+    common = ["--cache", str(memes), "--epochs", "1", "--batch-size", "32", "--workers", "1", "--no-live",
+              "--lr", "1e-3"]
+    code, out, err = cli("train", "finetune", *common, "--out", str(tmp_path / "runs" / "a"), "--seed", "0,1")
+    assert code == 0, err
+    assert "binary fine-tuning, 2 seed(s)" in out and "val auroc:" in out and "±" in out
+    assert (tmp_path / "runs" / "a" / "seed-1" / "plots" / "metrics.png").exists()
+    code, _, err = cli("train", "finetune", *common, "--out", str(tmp_path / "runs" / "b"), "--seed", "3",
+                       "--fusion", "concat", "--class-weighted", "--task", "multiclass")
+    assert code == 0, err
+    code, out, err = cli("report", str(tmp_path / "runs" / "a"), str(tmp_path / "runs" / "b"))
+    assert code == 0, err
+    md = (tmp_path / "runs" / "report.md").read_text()
+    a = json.loads((tmp_path / "runs" / "a" / "summary.json").read_text())
+    row = next(line for line in md.splitlines() if line.startswith("| test | accuracy |"))
+    assert f"{a['mean']['test']['accuracy']:.3f} ± {a['std']['test']['accuracy']:.3f}" in row
+    assert "| test | top1 |" in md  # run b was trained as a two-class multiclass task
+    assert (tmp_path / "runs" / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "wrote" in out
+    code, _, err = cli("report", str(tmp_path / "runs"))
+    assert code == 1 and err.startswith("error: ") and "summary.json" in err
+    code, _, err = cli("train", "finetune", "--cache", str(tmp_path), "--out", str(tmp_path / "c"))
+    assert code == 1 and err.startswith("error: ") and "Traceback" not in err

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "cache": ("vlpipe.cli.cache", "cache", "Inspect a cache: verify checksums, show info, draw a contact sheet."),
     "train": ("vlpipe.cli.train", "train", "Pretrain (MLM, alignment, MIM) or fine-tune on a cache."),
     "plot": ("vlpipe.cli.train", "plot", "Redraw the loss/accuracy plots of a run directory."),
+    "report": ("vlpipe.cli.train", "report", "Compare fine-tuning runs: mean ± std over seeds, as Markdown and PNG."),
     "bench": ("vlpipe.cli.bench", "bench", "Measure vlpipe's loader against JPEG-decoding loaders."),
     "demo": ("vlpipe.cli.demo", "demo", "Run the whole pipeline offline on an embedded dataset."),
 }
