@@ -216,3 +216,41 @@ def test_cli_finetune_then_report(caches, tmp_path, capsys):
     assert code == 1 and err.startswith("error: ") and "summary.json" in err
     code, _, err = cli("train", "finetune", "--cache", str(tmp_path), "--out", str(tmp_path / "c"))
     assert code == 1 and err.startswith("error: ") and "Traceback" not in err
+
+
+def colour_tags(root: Path, n: int) -> Path:
+    """A generic jsonl: colour (red/green/blue) as the class, and tags colour + "not" for multi-label."""
+    rng = np.random.default_rng(1)
+    root.mkdir(parents=True)
+    rows = []
+    colours = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200)}
+    for i in range(n):
+        name, neg = list(colours)[i % 3], bool(rng.integers(2))
+        Image.new("RGB", (32, 32), colours[name]).save(root / f"{i}.png")
+        rows.append({"image": f"{i}.png", "text": f"{WORDS[i % 8]} is {'not ' if neg else ''}fine",
+                     "colour": name, "tags": [name] + (["not"] if neg else []),
+                     "split": ["train", "train", "train", "val", "test"][i % 5]})
+    (root / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root / "data.jsonl"
+
+
+def test_multilabel_threshold_from_val_and_multiclass_metrics(caches, tmp_path):
+    src = colour_tags(tmp_path / "src", 90)
+    multi = build_cache(src, tmp_path / "tags", label_column="tags", multi_label=True,
+                        tokenizer="wordpiece:60", **CACHE_OPTS)
+    assert multi.labels["task"] == "multilabel"
+    result = finetune(_config(tmp_path / "tags", tmp_path / "ml", class_weighted=True, batch_size=8))
+    run = result.summary["runs"]["0"]
+    val, test = run["metrics"]["val"], run["metrics"]["test"]
+    assert run["metric"] == "macro_f1_tuned" and 0.01 <= val["threshold"] <= 0.99
+    assert test["threshold"] == val["threshold"]  # chosen on val, applied to test
+    assert {"macro_f1", "micro_f1", "macro_f1_tuned", "micro_f1_tuned"} <= set(test)
+
+    build_cache(src, tmp_path / "colour", label_column="colour", tokenizer="wordpiece:60", **CACHE_OPTS)
+    result = finetune(_config(tmp_path / "colour", tmp_path / "mc", class_weighted=True, batch_size=8,
+                              fusion="concat", epochs=3, lr=2e-3))
+    test = result.summary["runs"]["0"]["metrics"]["test"]
+    assert result.summary["task"] == "multiclass" and test["top5"] == 1.0  # 3 classes: top-5 covers all
+    assert test["top1"] >= 0.8  # the colour is trivially visible
+    with pytest.raises(VlpipeError, match="does not fit"):
+        finetune(_config(tmp_path / "colour", tmp_path / "bad", task="binary"))

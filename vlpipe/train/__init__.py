@@ -1,11 +1,18 @@
-"""Pretraining on a cache: MLM, alignment prediction and contrastive MIM (see docs/training.md).
+"""Pretraining on a cache (MLM, alignment prediction, contrastive MIM) and fine-tuning on a
+labelled cache (see docs/training.md).
 
     from vlpipe.train import PretrainConfig, pretrain
     result = pretrain(PretrainConfig(cache="cache/cc", out="runs/tiny", steps=2000))
     result.val  # final validation metrics
+
+    from vlpipe.train import FinetuneConfig, finetune
+    result = finetune(FinetuneConfig(cache="cache/hm", out="runs/hm", init="runs/tiny", seeds=(0, 1, 2)))
+    result.summary["mean"]["val"]  # mean over seeds (summary.json)
 """
 
 from vlpipe.train.config import PretrainConfig, load_config
+from vlpipe.train.finetune import FinetuneConfig, FinetuneResult, finetune, load_finetune_config
 from vlpipe.train.trainer import PretrainResult, StepInfo, pretrain
 
-__all__ = ["PretrainConfig", "PretrainResult", "StepInfo", "load_config", "pretrain"]
+__all__ = ["FinetuneConfig", "FinetuneResult", "PretrainConfig", "PretrainResult", "StepInfo", "finetune",
+           "load_config", "load_finetune_config", "pretrain"]
