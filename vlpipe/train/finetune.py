@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 
@@ -46,13 +45,15 @@ from vlpipe.train.distributed import resolve_device
 from vlpipe.train.live import LiveView
 from vlpipe.train.metrics import MetricsWriter
 from vlpipe.train.model_setup import cache_geometry, make_loader, make_optimizer, precision_context
+from vlpipe.train.report import SUMMARY_FILE, json_number, summarize
 from vlpipe.train.schedule import WarmupCosine, warmup_steps_for
 from vlpipe.utils.atomic import atomic_path, write_json_atomic
 
-SUMMARY_FILE = "summary.json"
 RESULT_FILE = "result.json"
 BEST_FILE = "best.safetensors"
-DEFAULT_METRIC = {"binary": "auroc", "multiclass": "top1", "multilabel": "macro_f1_tuned"}
+# Early-stopping metrics per task; the first is the default.
+STOP_METRICS = {"binary": ("auroc", "accuracy"), "multiclass": ("top1", "top5"),
+                "multilabel": ("macro_f1_tuned", "micro_f1_tuned", "macro_f1", "micro_f1")}
 GEOMETRY_KEYS = ("vocab_size", "max_len", "image_size", "patch_size")
 
 
@@ -149,35 +150,9 @@ def finetune(config: FinetuneConfig, on_step: Callable[[int, int], None] | None 
     results = {}
     for seed in config.seeds:
         results[seed] = _SeedRun(config, seed, on_step).run()
-    summary = summarize(config, results)
+    summary = summarize(results, init=config.init, fusion=config.fusion, class_weighted=config.class_weighted)
     write_json_atomic(out / SUMMARY_FILE, summary)
     return FinetuneResult(out, summary)
-
-
-def summarize(config: FinetuneConfig, results: dict[int, dict[str, Any]]) -> dict[str, Any]:
-    """Mean and sample standard deviation (ddof=1; 0 for one seed) of every metric per split."""
-    first = next(iter(results.values()))
-    mean: dict[str, dict[str, float | None]] = {}
-    std: dict[str, dict[str, float | None]] = {}
-    for split in first["metrics"]:
-        mean[split], std[split] = {}, {}
-        for name in first["metrics"][split]:
-            values = np.array([_nan(r["metrics"][split].get(name)) for r in results.values()], dtype=np.float64)
-            mean[split][name] = _json_number(float(values.mean()))
-            std[split][name] = _json_number(float(values.std(ddof=1)) if len(values) > 1 else 0.0)
-    return {"task": first["task"], "metric": first["metric"], "init": config.init,
-            "init_loaded": first["init_loaded"], "fusion": config.fusion, "class_weighted": config.class_weighted,
-            "seeds": list(results), "mean": mean, "std": std,
-            "runs": {str(seed): r for seed, r in results.items()}}
-
-
-def _nan(value: float | None) -> float:
-    return float("nan") if value is None else float(value)
-
-
-def _json_number(value: float) -> float | None:
-    """JSON has no NaN: an undefined metric (e.g. AUROC of a one-class split) is stored as null."""
-    return value if math.isfinite(value) else None
 
 
 def _resolve_task(config: FinetuneConfig, manifest: Manifest) -> tuple[str, int]:
@@ -227,7 +202,10 @@ class _SeedRun:
         self.device = resolve_device(config.device)
         self.manifest = load_manifest(config.cache)
         self.task, outputs = _resolve_task(config, self.manifest)
-        self.metric = config.metric or DEFAULT_METRIC[self.task]
+        self.metric = config.metric or STOP_METRICS[self.task][0]
+        if self.metric not in STOP_METRICS[self.task]:
+            raise VlpipeError(f"--metric {self.metric} is not a {self.task} metric; use one of "
+                              f"{', '.join(STOP_METRICS[self.task])}")
         self.train_set = CacheDataset(config.cache, split="train")
         if not self.train_set.has_labels:
             raise VlpipeError(f"{config.cache}: the shards have no labels.npy; rebuild the cache")
@@ -312,7 +290,7 @@ class _SeedRun:
     def _train_epoch(self, live: LiveView, began: float) -> None:
         self.model.train()
         self.sampler.set_epoch(self.state["epoch"])
-        window_loss = torch.zeros((), device=self.device)
+        window_loss = torch.zeros((), device=self.device)  # a non-finite gradient norm is added in as NaN
         window_micro, window_start = 0, time.perf_counter()
         batches = iter(self.loader)
         try:
@@ -330,7 +308,8 @@ class _SeedRun:
                     window_micro += 1
                 self.schedule.apply(self.optimizer, self.step)
                 max_norm = self.config.grad_clip if self.config.grad_clip > 0 else float("inf")
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm, foreach=True)
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm, foreach=True)
+                window_loss += torch.where(torch.isfinite(grad_norm), 0.0, float("nan"))
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
@@ -340,7 +319,7 @@ class _SeedRun:
                     mean = float(window_loss) / max(1, window_micro)
                     if not math.isfinite(mean):
                         kept = self.last_checkpoint or "none"
-                        raise VlpipeError(f"{self.run_dir}: the training loss became NaN/inf by step {self.step}; "
+                        raise VlpipeError(f"{self.run_dir}: the training loss or gradients became NaN/inf by step {self.step}; "
                                           f"stopped (last good checkpoint: {kept}). Lower --lr or check the data")
                     elapsed = max(time.perf_counter() - window_start, 1e-9)
                     record = {"loss": mean, "samples_per_s": window_micro * self.config.batch_size / elapsed}
@@ -375,10 +354,7 @@ class _SeedRun:
         if live.enabled:
             live.console.print(f"epoch {self.state['epoch']}: val " +
                                "  ".join(f"{k} {v:.4f}" for k, v in val.items() if k != "n"))
-        value = val.get(self.metric)
-        if value is None:
-            raise VlpipeError(f"metric {self.metric!r} is not one of {', '.join(val)} for task {self.task}")
-        value = float(value) if math.isfinite(value) else -math.inf
+        value = val[self.metric] if math.isfinite(val[self.metric]) else -math.inf
         if self.state["best"] is None or value > self.state["best"]:
             self.state.update(best=value, best_epoch=self.state["epoch"], bad_epochs=0)
             with atomic_path(self.run_dir / BEST_FILE) as tmp:
@@ -404,7 +380,7 @@ class _SeedRun:
         result = {"seed": self.seed, "task": self.task, "metric": self.metric, "init_loaded": self.init_loaded,
                   "best_epoch": self.state["best_epoch"], "epochs_run": self.state["epoch"],
                   "stopped_early": self.state["stopped"], "steps": self.step, "seconds": time.perf_counter() - began,
-                  "metrics": {s: {k: _json_number(float(v)) for k, v in m.items()} for s, m in metrics.items()}}
+                  "metrics": {s: {k: json_number(float(v)) for k, v in m.items()} for s, m in metrics.items()}}
         write_json_atomic(self.run_dir / RESULT_FILE, result)
         return result
 
@@ -412,4 +388,4 @@ class _SeedRun:
         lr = self.schedule.lr(max(0, self.step - 1))
         self.metrics.write({"split": split, "step": self.step, "epoch": self.state["epoch"], "lr": lr,
                             "time": time.perf_counter() - began,
-                            **{k: _json_number(float(v)) for k, v in values.items()}})
+                            **{k: json_number(float(v)) for k, v in values.items()}})

@@ -1,4 +1,5 @@
-"""`vlpipe report`: compare fine-tuning runs (e.g. without vs with pretraining) from their summary.json.
+"""Fine-tuning summaries (`summary.json`: mean ± std over seeds) and `vlpipe report`, which compares
+runs (e.g. without vs with pretraining) from them.
 
 Each metric is shown as mean ± standard deviation over the run's seeds, per split, as a table
 (Markdown, and a rich table in the CLI) and as a bar chart with error bars (PNG). Only the
@@ -14,13 +15,41 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from vlpipe.errors import VlpipeError
-from vlpipe.train.finetune import SUMMARY_FILE
 from vlpipe.utils.atomic import atomic_open, atomic_path
 
+SUMMARY_FILE = "summary.json"
 # Metrics in the order a reader looks for them; `n`, `loss` and `threshold` are not comparisons.
 METRIC_ORDER = ("accuracy", "auroc", "top1", "top5", "macro_f1_tuned", "micro_f1_tuned", "macro_f1", "micro_f1")
 SPLITS = ("test", "val")
+
+
+def summarize(results: dict[int, dict[str, Any]], **settings: Any) -> dict[str, Any]:
+    """Mean and sample standard deviation (ddof=1; 0 for one seed) of every metric per split, over
+    the seeds' `result.json` contents; `settings` (init, fusion, ...) are recorded beside them."""
+    first = next(iter(results.values()))
+    mean: dict[str, dict[str, float | None]] = {}
+    std: dict[str, dict[str, float | None]] = {}
+    for split in first["metrics"]:
+        mean[split], std[split] = {}, {}
+        for name in first["metrics"][split]:
+            values = np.array([_nan(r["metrics"][split].get(name)) for r in results.values()], dtype=np.float64)
+            mean[split][name] = json_number(float(values.mean()))
+            std[split][name] = json_number(float(values.std(ddof=1)) if len(values) > 1 else 0.0)
+    return {"task": first["task"], "metric": first["metric"], "init_loaded": first["init_loaded"], **settings,
+            "seeds": list(results), "mean": mean, "std": std,
+            "runs": {str(seed): r for seed, r in results.items()}}
+
+
+def _nan(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def json_number(value: float) -> float | None:
+    """JSON has no NaN: an undefined metric (e.g. AUROC of a one-class split) is stored as null."""
+    return value if math.isfinite(value) else None
 
 
 @dataclass
