@@ -9,7 +9,11 @@ from vlpipe.train.config import PretrainConfig
 from vlpipe.train.metrics import read_metrics
 from vlpipe.train.trainer import pretrain
 
-STEPS = 800
+# The demo's recipe (vlpipe/demo/run.py, DemoConfig): 64 px images in 16 px patches, lr 2e-3, no
+# dropout. Alignment prediction first sits on a plateau near chance (the pooled image and text vectors
+# must become correlated before the product head sees any signal), then climbs past 0.9 around step
+# 2250. 4000 samples give ~400 validation pairs, so one pair moves the accuracy by only 0.0025.
+STEPS = 3500
 
 
 @pytest.fixture(scope="module")
@@ -21,12 +25,13 @@ def trained(tmp_path_factory):
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # 2 shared cores: one intra-op thread, the loader thread beside it
     try:
-        captions = make_dataset(root / "src", n=1000, seed=0, image_size=32)
-        manifest = build_cache(captions, root / "cache", image_size=32, patch_size=8, max_len=24,
-                               tokenizer="wordpiece:300", val_fraction=0.1, processes=1, quiet=True)
+        captions = make_dataset(root / "src", n=4000, seed=0, image_size=128)
+        manifest = build_cache(captions, root / "cache", image_size=64, patch_size=16, max_len=24,
+                               tokenizer="wordpiece:400", val_fraction=0.1, processes=1, quiet=True)
         result = pretrain(PretrainConfig(
-            cache=str(root / "cache"), out=str(root / "run"), preset="tiny", steps=STEPS, batch_size=32, lr=1e-3,
-            warmup=0.05, eval_every=STEPS // 4, log_every=50, workers=1, live=False, seed=0,
+            cache=str(root / "cache"), out=str(root / "run"), preset="tiny", steps=STEPS, batch_size=64, lr=2e-3,
+            model_overrides={"dropout": 0.0}, warmup=0.05, eval_every=STEPS // 4, log_every=50, workers=1,
+            live=False, seed=0,
         ))
     finally:
         torch.set_num_threads(before)
@@ -41,8 +46,8 @@ def test_tiny_model_learns_words_and_patches(trained):
     chance = math.log(manifest.text.vocab_size)
     assert val["mlm_loss"] < 0.35 * chance, (val["mlm_loss"], chance)
     assert val["mlm_acc"] > 0.5, val
-    # each masked patch must pick its own teacher target among the ~64 masked patches of aligned pairs
-    # in a val batch of 64 (2 per image): chance is under 2%
+    # each masked patch must pick its own teacher target among the masked patches of aligned pairs
+    # in a val batch: chance is a few percent
     assert val["mim_top1"] > 0.3, val
     vals = [r for r in read_metrics(result.run_dir / "metrics.jsonl") if r["split"] == "val"]
     assert len(vals) == 4 and vals[-1]["mlm_loss"] < vals[0]["mlm_loss"] and vals[-1]["mim_loss"] < vals[0]["mim_loss"]
@@ -51,9 +56,8 @@ def test_tiny_model_learns_words_and_patches(trained):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="AP stays at chance (loss ln 2) for the tiny preset trained from scratch "
-                   "with all three tasks: the image [CLS]/pooled output barely varies across images, see "
-                   "docs/training.md 'Known gap'. Remove this mark once AP learns.")
 def test_tiny_model_learns_alignment(trained):
     _, result = trained
     assert result.val["ap_acc"] >= 0.9, result.val
+    vals = [r for r in read_metrics(result.run_dir / "metrics.jsonl") if r["split"] == "val"]
+    assert vals[-1]["ap_acc"] > vals[0]["ap_acc"] + 0.05  # learned during the run, not a lucky start
