@@ -127,6 +127,23 @@ def _prune(root: Path, keep_last: int, keep: str) -> None:
             shutil.rmtree(root / name, ignore_errors=True)
 
 
+def start_run_dir(run_dir: Path, resume: bool, is_main: bool = True) -> Path | None:
+    """The checkpoint to resume from, or None for a fresh run (whose run dir is then made).
+
+    A run dir that already holds checkpoints is refused unless resuming, so a reused `--out` never
+    overwrites a finished run; a fresh run starts with no stale metrics.jsonl. Only the main rank
+    touches the directory.
+    """
+    existing = latest_checkpoint(run_dir)
+    if existing is not None and not resume:
+        raise VlpipeError(f"{run_dir} already has checkpoints ({existing.name}); "
+                          "pass --resume to continue it or choose another --out")
+    if existing is None and is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    return existing
+
+
 def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
     """The checkpoint `latest.json` points at, or None when the run has none yet."""
     pointer = Path(run_dir) / CHECKPOINTS / LATEST

@@ -129,14 +129,8 @@ class _Run:
                 "total_steps": self.total_steps, "steps_per_epoch": self.steps_per_epoch}
 
     def _start(self) -> None:
-        existing = ckpt.latest_checkpoint(self.run_dir)
-        if existing is not None and not self.config.resume:
-            raise VlpipeError(f"{self.run_dir} already has checkpoints ({existing.name}); "
-                              "pass --resume to continue it or choose another --out")
+        existing = ckpt.start_run_dir(self.run_dir, self.config.resume, self.info.is_main)
         if existing is None:
-            if self.info.is_main:
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-                (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
             return
         state = ckpt.load_checkpoint(existing, model=self.model, teacher=self.teacher.module if self.teacher else None,
                                      optimizer=self.optimizer, device=self.device)
