@@ -102,13 +102,9 @@ def _check_shard(root: Path, m: Manifest, shard: ShardEntry, checksums: bool, sp
     }
     arrays = {}
     for kind, (dtype, shape) in expected.items():
-        path = shard.path(root, kind)
-        try:
-            arr = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError) as exc:
-            return [f"{path}: not a readable .npy file ({exc})"]
-        if arr.dtype != np.dtype(dtype) or arr.shape != shape:
-            return [f"{path}: {arr.dtype} {arr.shape}, expected {dtype} {shape}"]
+        arr, problem = _open_npy(shard.path(root, kind), dtype, shape)
+        if problem:
+            return [problem]
         arrays[kind] = arr
     problems += _check_tokens(shard.path(root, "tokens"), arrays["tokens"], arrays["lengths"], m)
 
@@ -133,6 +129,17 @@ def _check_shard(root: Path, m: Manifest, shard: ShardEntry, checksums: bool, sp
     return problems
 
 
+def _open_npy(path: Path, dtype: str, shape: tuple[int, ...]) -> tuple[np.ndarray, str | None]:
+    """Memory-map a .npy file (never unpickling) and check its dtype and shape; (array, problem)."""
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        return np.empty(0), f"{path}: not a readable .npy file ({exc})"
+    if arr.dtype != np.dtype(dtype) or arr.shape != shape:
+        return arr, f"{path}: {arr.dtype} {arr.shape}, expected {dtype} {shape}"
+    return arr, None
+
+
 def _check_labels(root: Path, m: Manifest, shard: ShardEntry, splits: list[str],
                   tally: tuple[dict[str, list[int]], Counter[str]]) -> list[str]:
     """labels.npy: present exactly when the manifest has labels; dtype, shape and value range."""
@@ -144,12 +151,9 @@ def _check_labels(root: Path, m: Manifest, shard: ShardEntry, splits: list[str],
     path, n = shard.path(root, "labels"), shard.num_samples
     multilabel, num = m.labels["task"] == "multilabel", m.labels["num_labels"]
     dtype, shape = ("uint8", (n, num)) if multilabel else ("int64", (n,))
-    try:
-        labels = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        return [f"{path}: not a readable .npy file ({exc})"]
-    if labels.dtype != np.dtype(dtype) or labels.shape != shape:
-        return [f"{path}: {labels.dtype} {labels.shape}, expected {dtype} {shape}"]
+    labels, problem = _open_npy(path, dtype, shape)
+    if problem:
+        return [problem]
     values = np.asarray(labels)
     low = 0 if multilabel else MISSING_LABEL
     high = 1 if multilabel else num - 1
