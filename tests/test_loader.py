@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import threading
 
@@ -75,11 +76,63 @@ def test_break_then_resume_from_state_dict(cache, mode):
         if len(got) == 3:
             state = loader.state_dict()
             break
-    assert not _gather_threads() and not multiprocessing.active_children()
+    assert not _gather_threads()
+    loader.close()
+    assert not multiprocessing.active_children()
     resumed = CacheLoader(ds, batch_size=4, sampler=CacheSampler(len(ds), seed=9), mode=mode, workers=2)
     resumed.load_state_dict(state)
     rest = [b["index"].tolist() for b in resumed]
     assert got + rest == full
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_epochs_reuse_the_ring_and_keep_the_held_batch_valid(cache, mode):
+    ds, ref = cache
+    sampler = CacheSampler(len(ds), seed=2)
+    loader = CacheLoader(ds, batch_size=8, sampler=sampler, mode=mode, workers=2)
+    previous = None
+    rings, pids = [], []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        for batch in loader:
+            # The ownership rule holds across the epoch boundary too.
+            if previous is not None:
+                assert np.array_equal(previous[0]["images"].numpy(), ref["images"][previous[1]])
+            assert np.array_equal(batch["images"].numpy(), ref["images"][batch["index"].numpy()])
+            previous = (batch, batch["index"].numpy().copy())
+        rings.append([slot["images"].data_ptr() for slot in loader._ring])
+        pids.append(sorted(p.pid for p in multiprocessing.active_children()))
+    assert rings[0] == rings[1] == rings[2]  # no new buffers per epoch
+    if mode == "processes":
+        assert len(pids[0]) == 2 and pids[0] == pids[1] == pids[2]  # no fork per epoch
+    loader.close()
+    assert not multiprocessing.active_children()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_break_mid_epoch_then_next_epoch_is_intact(cache, mode):
+    ds, ref = cache
+    sampler = CacheSampler(len(ds), seed=5)
+    with CacheLoader(ds, batch_size=4, sampler=sampler, mode=mode, workers=2, prefetch=3) as loader:
+        for i, _batch in enumerate(loader):
+            if i == 1:
+                break  # batches 2..4 were already being gathered
+        sampler.set_epoch(1)
+        expected = sampler.batches(4, drop_last=True)
+        for batch, indices in zip(loader, expected, strict=True):
+            assert batch["index"].tolist() == indices.tolist()
+            assert np.array_equal(batch["images"].numpy(), ref["images"][indices])
+    assert not multiprocessing.active_children()
+
+
+def test_dropped_loader_stops_its_workers(cache):
+    ds, _ref = cache
+    loader = CacheLoader(ds, batch_size=4, mode="processes", workers=2)
+    next(iter(loader))
+    assert len(multiprocessing.active_children()) == 2
+    del loader
+    gc.collect()
+    assert not multiprocessing.active_children()
 
 
 @pytest.mark.parametrize("mode", ["threads", "processes"])
@@ -97,7 +150,7 @@ def test_worker_error_propagates_with_its_message(cache, mode, monkeypatch):
     with pytest.raises((ValueError, RuntimeError), match="boom at sample 5"):
         for _ in loader:
             pass
-    assert not _gather_threads()
+    assert not _gather_threads() and not multiprocessing.active_children()
 
 
 def test_pin_memory_without_cuda_is_ignored(cache):

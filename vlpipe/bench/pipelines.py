@@ -169,15 +169,17 @@ def vlpipe_pipeline(cache_dir: Path, manifest: Manifest, mode: str, batch_size: 
                     mode_workers, float(row_bytes), 10, open_)
 
 
-def _epochs(loader: Iterable[Batch], sampler: Any) -> Iterator[Batch]:
+def _epochs(loader: Any, sampler: Any) -> Iterator[Batch]:
+    """Epoch after epoch of one CacheLoader, as the trainer runs it; closing stops its workers."""
     epoch = 0
-    while True:
-        sampler.set_epoch(epoch)
-        delivered = 0
-        with contextlib.closing(_drain(loader)) as batches:
-            for batch in batches:
-                delivered += 1
-                yield batch
-        if delivered == 0:
-            raise RuntimeError("the vlpipe loader delivered an empty epoch; is batch_size > the cache size?")
-        epoch += 1
+    with contextlib.closing(loader):
+        while True:
+            sampler.set_epoch(epoch)
+            delivered = 0
+            with contextlib.closing(_drain(loader)) as batches:
+                for batch in batches:
+                    delivered += 1
+                    yield batch
+            if delivered == 0:
+                raise RuntimeError("the vlpipe loader delivered an empty epoch; is batch_size > the cache size?")
+            epoch += 1

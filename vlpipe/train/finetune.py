@@ -273,6 +273,7 @@ class _SeedRun:
                 self._train_epoch(live, began)
                 self._end_epoch(live, began)
         finally:
+            self.loader.close()  # worker processes of `processes` mode serve every epoch until here
             live.close()
             self.metrics.close()
         result = self._final(began)

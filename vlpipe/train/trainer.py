@@ -212,6 +212,7 @@ class _Run:
             self._save()
         finally:
             self._close_batches()
+            self.loader.close()  # worker processes of `processes` mode serve every epoch until here
             live.close()
             if self.metrics is not None:
                 self.metrics.close()
