@@ -22,16 +22,11 @@ from vlpipe.train.finetune import FinetuneConfig, finetune, model_config_for_fin
 from vlpipe.train.metrics import read_metrics
 from vlpipe.train.trainer import pretrain
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 CACHE_OPTS = {"image_size": 32, "patch_size": 8, "max_len": 10, "quiet": True, "processes": 1}
 WORDS = ["cat", "dog", "sun", "tree", "car", "boat", "hat", "cup"]
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def xor_memes(root: Path, n_train: int, n_dev: int, n_test: int, seed: int = 0) -> Path:

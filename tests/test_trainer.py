@@ -11,6 +11,8 @@ from vlpipe.train.config import PretrainConfig
 from vlpipe.train.metrics import read_metrics
 from vlpipe.train.trainer import pretrain
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.fixture(scope="module")
 def small_cache(tmp_path_factory):
@@ -24,14 +26,6 @@ def small_cache(tmp_path_factory):
                 val_fraction=0.2, processes=1, quiet=True)
     return root / "cache"
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # 2 shared cores: more than one intra-op thread per process only adds contention.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _config(cache, out, **kw):
