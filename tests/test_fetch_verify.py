@@ -8,12 +8,22 @@ import json
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from imageserver import CASES, ImageServer, assert_kept_image
+from PIL import Image
 
-from vlpipe.fetch.verify import Normalizer, VerifyConfig, done_path, drops_path, finalize_shard, map_error
+from vlpipe.fetch.verify import (
+    Normalizer,
+    VerifyConfig,
+    done_path,
+    drops_path,
+    finalize_shard,
+    map_error,
+    normalize,
+)
 
 CONFIG = VerifyConfig(max_pixels=4_000_000)
 
@@ -149,3 +159,24 @@ def test_finalize_is_deterministic_and_resize_is_configurable(tmp_path: Path) ->
     finalize_shard(tmp_path / "b", tmp_path / "out_b", 0, CONFIG)
     assert (tmp_path / "out_a" / "00000.tar").read_bytes() == (tmp_path / "out_b" / "00000.tar").read_bytes()
     assert (width, height, original_width, original_height) == (133, 100, 1024, 768)
+
+
+def test_draft_decoding_keeps_size_orientation_and_colours() -> None:
+    """A large rotated JPEG decodes at reduced DCT scale, yet the stored image matches a full decode."""
+    upright = np.zeros((800, 1200, 3), np.uint8)  # wide: red left half, blue right half
+    upright[:, :600] = (220, 30, 30)
+    upright[:, 600:] = (30, 30, 220)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90).save(buffer, "JPEG", quality=95, exif=exif)
+    data = buffer.getvalue()
+
+    drafted, sizes = normalize(data, CONFIG)
+    full, full_sizes = normalize(data, VerifyConfig(max_pixels=4_000_000, image_size=0))
+    assert sizes == {"width": 384, "height": 256, "original_width": 1200, "original_height": 800}
+    assert full_sizes["width"] == 1200
+    out = np.asarray(Image.open(io.BytesIO(drafted)))
+    reference = np.asarray(Image.open(io.BytesIO(full)).resize((384, 256), Image.Resampling.BICUBIC))
+    assert np.abs(out.astype(int) - reference.astype(int)).mean() < 3
+    assert out[128, 20, 0] > 180 and out[128, 360, 2] > 180  # red left, blue right: upright

@@ -141,3 +141,50 @@ def test_check_geometry():
     assert check_geometry(1000, 10, min_side=8, max_aspect=4, max_pixels=10**6) == "bad_aspect"
     assert check_geometry(2000, 2000, min_side=8, max_aspect=4, max_pixels=10**6) == "too_large"
     assert check_geometry(300, 200, min_side=8, max_aspect=4, max_pixels=10**6) is None
+
+
+def quadrants(width: int = 48, height: int = 32) -> np.ndarray:
+    """Red top-left, green top-right, blue bottom-left, white bottom-right: any flip/turn shows."""
+    arr = np.zeros((height, width, 3), np.uint8)
+    arr[: height // 2, : width // 2] = (255, 0, 0)
+    arr[: height // 2, width // 2 :] = (0, 255, 0)
+    arr[height // 2 :, : width // 2] = (0, 0, 255)
+    arr[height // 2 :, width // 2 :] = (255, 255, 255)
+    return arr
+
+
+# EXIF orientation -> how to store the upright picture so a viewer shows it upright.
+STORED_AS = {
+    1: None,
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_270,
+}
+
+
+@pytest.mark.parametrize("orientation", sorted(STORED_AS))
+def test_every_exif_orientation_comes_out_upright(orientation: int):
+    upright = quadrants()
+    stored = Image.fromarray(upright)
+    if STORED_AS[orientation] is not None:
+        stored = stored.transpose(STORED_AS[orientation])
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    img = load_rgb(encode(stored, "JPEG", quality=95, exif=exif))
+    assert img.info["original_size"] == (48, 32)
+    assert np.abs(np.asarray(img).astype(int) - upright).mean() < 4
+
+
+def test_resize_shorter_downscales_with_area_averaging():
+    rng = np.random.default_rng(0)
+    coarse = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8))
+    img = coarse.resize((640, 480), Image.Resampling.BICUBIC)  # smooth, photo-like
+    out = resize_shorter(img, 256)
+    assert out.mode == "RGB" and out.size == (341, 256)
+    bicubic = np.asarray(img.resize((341, 256), Image.Resampling.BICUBIC)).astype(int)
+    assert np.abs(np.asarray(out).astype(int) - bicubic).mean() < 2  # same picture, another filter
+    assert resize_shorter(out, 256) is out  # already at size: untouched

@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import warnings
 
+import cv2
 import numpy as np
 from PIL import Image, ImageCms, ImageOps
 
@@ -67,7 +68,9 @@ def load_rgb(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: i
     if orientation in (5, 6, 7, 8):
         width, height = height, width
     try:
-        rgb = _to_rgb(ImageOps.exif_transpose(img))
+        # In place: the usual upright image is then not copied (0.5 ms of a 640x480 photo).
+        ImageOps.exif_transpose(img, in_place=True)
+        rgb = _to_rgb(img)
     except (OSError, ValueError) as exc:
         raise ImageError("undecodable", f"mode {img.mode}: {exc}") from exc
     rgb.info["original_size"] = (width, height)
@@ -110,13 +113,18 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 def resize_shorter(img: Image.Image, size: int) -> Image.Image:
-    """Resize so the shorter side is `size` (bicubic, antialiased), keeping the aspect ratio."""
+    """Downscale an RGB or L image so the shorter side is `size`, keeping the aspect ratio.
+
+    Area averaging (OpenCV's INTER_AREA, img2dataset's default downscaler): antialiased, and
+    about half the CPU of Pillow's bicubic (1.8 vs 3.6 ms for 640x480 -> 341x256), which matters
+    because fetch runs it on every downloaded image.
+    """
     width, height = img.size
     scale = size / min(width, height)
     new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
     if new_size == img.size:
         return img
-    return img.resize(new_size, Image.Resampling.BICUBIC)
+    return Image.fromarray(cv2.resize(np.asarray(img), new_size, interpolation=cv2.INTER_AREA))
 
 
 def resize_center_crop(img: Image.Image, size: int) -> np.ndarray:
