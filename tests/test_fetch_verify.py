@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import random
 import tarfile
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 from imageserver import CASES, ImageServer, assert_kept_image
 from PIL import Image
 
+from vlpipe.fetch.shardwriter import StagedShardWriter
 from vlpipe.fetch.verify import (
     Normalizer,
     VerifyConfig,
@@ -78,30 +80,42 @@ def test_normalizer_never_raises() -> None:
         assert error.startswith("vlpipe:")
 
 
-def stage_shard(staging: Path, server: ImageServer) -> dict[str, str]:
-    """Write shard 0 as img2dataset does with our Normalizer as its resizer: key -> case name."""
+STAGED_SCHEMA = pa.schema(
+    [("url", pa.string()), ("caption", pa.string()), ("row", pa.int64()), ("key", pa.string()),
+     ("status", pa.string()), ("error_message", pa.string()), ("width", pa.int32()), ("height", pa.int32()),
+     ("original_width", pa.int32()), ("original_height", pa.int32()), ("sha256", pa.string())]
+)  # fmt: skip
+
+
+def stage_shard(staging: Path, server: ImageServer, *, seed: int = 0) -> dict[str, str]:
+    """Stage shard 0 as img2dataset does with our Normalizer and writer: key -> case name.
+
+    Samples are written in a shuffled order, as img2dataset's threads finish them.
+    """
     staging.mkdir(parents=True)
     normalizer = Normalizer(CONFIG)
-    rows, keys = [], {}
-    with tarfile.open(staging / "00000.tar", "w") as tar:
-        for i, case in enumerate(image_cases()):
-            key = f"{i:09d}"
-            keys[key] = case.name
-            original = server.body(case.path[5:])
-            data, width, height, original_width, original_height, error = normalizer(io.BytesIO(original))
-            if data is not None:
-                info = tarfile.TarInfo(f"{key}.jpg")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-            rows.append({"url": server.url(case), "caption": case.name, "row": i, "key": key,
-                         "status": "success" if error is None else "failed_to_resize", "error_message": error,
-                         "width": width, "height": height, "original_width": original_width,
-                         "original_height": original_height, "sha256": hashlib.sha256(original).hexdigest()})  # fmt: skip
+    writer = StagedShardWriter(0, str(staging), True, 5, STAGED_SCHEMA, "jpg")
+    samples, keys = [], {}
+    for i, case in enumerate(image_cases()):
+        key = f"{i:09d}"
+        keys[key] = case.name
+        original = server.body(case.path[5:])
+        data, width, height, original_width, original_height, error = normalizer(io.BytesIO(original))
+        samples.append((data, {"url": server.url(case), "caption": case.name, "row": i, "key": key,
+                               "status": "success" if error is None else "failed_to_resize",
+                               "error_message": error, "width": width, "height": height,
+                               "original_width": original_width, "original_height": original_height,
+                               "sha256": hashlib.sha256(original).hexdigest()}))  # fmt: skip
     keys["000000099"] = "404"
-    rows.append({"url": server.base + "/status/404", "caption": "404", "row": 99, "key": "000000099",
-                 "status": "failed_to_download", "error_message": "HTTP Error 404: Not Found", "width": None,
-                 "height": None, "original_width": None, "original_height": None, "sha256": None})  # fmt: skip
-    pq.write_table(pa.Table.from_pylist(rows), staging / "00000.parquet")
+    samples.append((None, {"url": server.base + "/status/404", "caption": "404", "row": 99, "key": "000000099",
+                           "status": "failed_to_download", "error_message": "HTTP Error 404: Not Found",
+                           "width": None, "height": None, "original_width": None, "original_height": None,
+                           "sha256": None}))  # fmt: skip
+    random.Random(seed).shuffle(samples)
+    for data, meta in samples:
+        writer.write(data, meta["key"], meta["caption"], meta)
+    writer.close()
+    rows = [meta for _, meta in samples]
     failed_to_resize = sum(r["status"] == "failed_to_resize" for r in rows)
     stats = {"count": len(rows), "failed_to_download": 1, "failed_to_resize": failed_to_resize,
              "duration": 1.0, "start_time": 0.0, "end_time": 1.0}  # fmt: skip
@@ -151,8 +165,8 @@ def test_finalize_shard_publishes_kept_samples_and_drop_records(tmp_path: Path) 
 
 def test_finalize_is_deterministic_and_resize_is_configurable(tmp_path: Path) -> None:
     with ImageServer() as server:
-        for name in "ab":
-            stage_shard(tmp_path / name, server)
+        for seed, name in enumerate("ab"):
+            stage_shard(tmp_path / name, server, seed=seed)  # other arrival order, same shard
         small = Normalizer(VerifyConfig(max_pixels=4_000_000, image_size=100))
         data, width, height, original_width, original_height, _ = small(io.BytesIO(server.body("big")))
     finalize_shard(tmp_path / "a", tmp_path / "out_a", 0, CONFIG)

@@ -5,8 +5,9 @@ what happens after a shard is written, so for the duration of the call we swap t
 class it instantiates for a subclass. The subclass is pickled into every download process
 (multiprocessing, Spark or Ray workers alike), where it (1) installs the guarded urllib opener
 from `safety.py`, (2) replaces img2dataset's resizer with `verify.Normalizer`, which runs on each
-image as it arrives, overlapped with the other downloads, and (3) publishes each shard with its
-drop records right after img2dataset finished it.
+image as it arrives, overlapped with the other downloads, (3) replaces its webdataset writer with
+`shardwriter.StagedShardWriter`, which stages each tar already sorted and in its final form, and
+(4) publishes each shard with its drop records right after img2dataset finished it.
 
 Multiprocessing note: img2dataset uses the "spawn" start method, which re-imports the caller's
 main module in every worker. The `vlpipe` command and pytest are safe; a script calling
@@ -32,6 +33,7 @@ from img2dataset.downloader import Downloader  # noqa: E402
 
 from vlpipe.errors import VlpipeError  # noqa: E402
 from vlpipe.fetch.safety import UrlPolicy, install_guard  # noqa: E402
+from vlpipe.fetch.shardwriter import StagedShardWriter  # noqa: E402
 from vlpipe.fetch.verify import Normalizer, VerifyConfig, finalize_shard  # noqa: E402
 
 # The package re-exports a function named `main`, shadowing the submodule as an attribute.
@@ -69,6 +71,8 @@ class VerifyingDownloader(Downloader):
         self.final_dir = final_dir
         # Called on each image as it arrives, where img2dataset would decode and resize.
         self.resizer = CountingNormalizer(verify)
+        # Writes the staged tar already sorted, in its published form (no rewrite when publishing).
+        self.sample_writer_class = StagedShardWriter
 
     def __call__(self, row: Any) -> Any:
         install_guard(self.policy)

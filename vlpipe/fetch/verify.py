@@ -7,8 +7,9 @@ Two steps, both run in img2dataset's worker processes:
    It decodes with `vlpipe.imaging.load_rgb` (EXIF, 16-bit, CMYK, alpha ... done right), checks
    size/aspect/area and returns an upright RGB JPEG whose shorter side is at most `image_size`;
    a rejected image becomes img2dataset's "failed_to_resize" with a `vlpipe:<reason>` message.
-2. `finalize_shard` turns img2dataset's staged shard into the published one: samples sorted by
-   key, every failure mapped to a short reason and written as a drop record.
+2. `finalize_shard` turns img2dataset's staged shard into the published one: the tar, which
+   `shardwriter.StagedShardWriter` already wrote sorted by key, is linked into place unread;
+   every failure is mapped to a short reason and written as a drop record.
 
 Crash safety: every published file is written under a temporary name and renamed; the
 `vlpipe_NNNNN_done.json` record is written last, and the staged files are deleted only after it,
@@ -19,8 +20,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
-import tarfile
+import shutil
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -31,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vlpipe.fetch.safety import REASON_PREFIX
+from vlpipe.fetch.shardwriter import sample_record
 from vlpipe.imaging import ImageError, check_geometry, load_rgb, resize_shorter
 from vlpipe.utils.atomic import atomic_path, write_json_atomic
 
@@ -92,27 +95,6 @@ def map_error(message: str) -> str:
     return "download_error"
 
 
-def _read_tar(path: Path) -> dict[str, dict[str, bytes]]:
-    """key -> {extension: bytes} for a webdataset tar."""
-    samples: dict[str, dict[str, bytes]] = {}
-    with tarfile.open(path) as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            key, _, ext = member.name.partition(".")
-            data = tar.extractfile(member)
-            samples.setdefault(key, {})[ext] = data.read() if data else b""
-    return samples
-
-
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    # Fixed metadata so that the same input gives a byte-identical shard on every run.
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mode = 0o644
-    tar.addfile(info, io.BytesIO(data))
-
-
 def normalize(data: bytes, cfg: VerifyConfig) -> tuple[bytes, dict[str, int]]:
     """Decode, check and re-encode one image; raises ImageError with the drop reason."""
     img = load_rgb(data, max_pixels=cfg.max_pixels, draft_size=cfg.image_size or None)
@@ -161,36 +143,25 @@ def finalize_shard(
     start = time.time()
     name = shard_name(shard_id)
     rows = sorted(pq.read_table(staging / f"{name}.parquet").to_pylist(), key=lambda r: r["key"])
-    staged = _read_tar(staging / f"{name}.tar")
     stats = json.loads((staging / f"{name}_stats.json").read_text())
 
     meta_rows: list[dict[str, Any]] = []
     drops: list[dict[str, Any]] = []
-    tar_path = out / f"{name}.tar"
-    with atomic_path(tar_path) as tmp, tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-        for row in rows:
-            record = {
-                "key": row["key"], "row": row.get("row"), "caption": row.get("caption"), "url": row["url"],
-                "status": row["status"], "error_message": None, "width": row.get("width"),
-                "height": row.get("height"), "original_width": row.get("original_width"),
-                "original_height": row.get("original_height"), "sha256": row.get("sha256"),
-            }  # fmt: skip
-            meta_rows.append(record)
-            if row["status"] == "success":
-                _add(tar, f"{row['key']}.jpg", staged[row["key"]]["jpg"])
-                _add(tar, f"{row['key']}.txt", (row.get("caption") or "").encode("utf-8"))
-                _add(tar, f"{row['key']}.json", json.dumps(record, indent=1).encode("utf-8"))
-                continue
-            message = row["error_message"] or ""
-            reason = map_error(message)
-            record["error_message"] = reason
-            detail = (
-                message.split(" ", 1)[1] if message.startswith(REASON_PREFIX) and " " in message else message
-            )
-            stage = "verify" if row["status"] == "failed_to_resize" else "download"
-            drops.append({"key": row["key"], "row": row.get("row"), "url": row["url"],
-                          "reason": reason, "detail": detail, "stage": stage})  # fmt: skip
+    for row in rows:
+        record = sample_record(row)
+        meta_rows.append(record)
+        if row["status"] == "success":
+            continue
+        message = row["error_message"] or ""
+        reason = map_error(message)
+        record["error_message"] = reason
+        detail = message.split(" ", 1)[1] if message.startswith(REASON_PREFIX) and " " in message else message
+        stage = "verify" if row["status"] == "failed_to_resize" else "download"
+        drops.append({"key": row["key"], "row": row.get("row"), "url": row["url"],
+                      "reason": reason, "detail": detail, "stage": stage})  # fmt: skip
 
+    tar_path = out / f"{name}.tar"
+    _publish_tar(staging / f"{name}.tar", tar_path)
     kept = len(rows) - len(drops)
     with atomic_path(out / f"{name}.parquet") as tmp:
         pq.write_table(pa.Table.from_pylist(meta_rows), tmp)
@@ -218,6 +189,21 @@ def finalize_shard(
         "config": asdict(cfg),
     }
     write_json_atomic(done_path(out, shard_id), done)
+    # Only now: until the done record exists, a rerun publishes the shard again from these.
     for leftover in (staging / f"{name}.tar", staging / f"{name}.parquet"):
         leftover.unlink(missing_ok=True)
     return done
+
+
+def _publish_tar(staged: Path, final: Path) -> None:
+    """Publish the staged tar, already in its final form (`StagedShardWriter`), without reading it.
+
+    A hard link under a temporary name, then the atomic rename: the staged copy stays until the
+    done record is written. Filesystems without hard links get a copy.
+    """
+    with atomic_path(final) as tmp:
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(staged, tmp)
+        except OSError:
+            shutil.copyfile(staged, tmp)
