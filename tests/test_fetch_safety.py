@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 import urllib.error
 from pathlib import Path
 
@@ -100,7 +101,31 @@ def test_other_schemes_refused() -> None:
 def test_overall_deadline_stops_trickling_server() -> None:
     with ImageServer() as server:
         opener = build_opener(UrlPolicy(allow_private_network=True, deadline_s=1.0))
+        start = time.monotonic()
         response = opener.open(server.base + "/trickle", timeout=5)  # each byte arrives within 5 s
+        with pytest.raises(PolicyError) as info:
+            response.read()
+        assert info.value.reason == "timeout"
+        assert time.monotonic() - start < 1.6  # not waited on past the deadline
+
+
+def test_deadline_spares_a_response_that_already_arrived() -> None:
+    # A download thread starved of CPU (the 2-core box under load, 64 threads per process) gets
+    # to its socket after the deadline, with the whole response waiting there: keep it.
+    with ImageServer() as server:
+        opener = build_opener(UrlPolicy(allow_private_network=True, deadline_s=0.3))
+        response = opener.open(server.base + "/img/jpeg", timeout=5)
+        time.sleep(0.5)
+        assert response.read() == server.body("jpeg")
+
+
+def test_deadline_is_final_at_twice_its_length() -> None:
+    # Past twice the deadline nothing more is read, even data already waiting: a trickling
+    # server must not be able to hold a slow reader indefinitely.
+    with ImageServer() as server:
+        opener = build_opener(UrlPolicy(allow_private_network=True, deadline_s=0.3))
+        response = opener.open(server.base + "/img/jpeg", timeout=5)
+        time.sleep(0.7)
         with pytest.raises(PolicyError) as info:
             response.read()
         assert info.value.reason == "timeout"
