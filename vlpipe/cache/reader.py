@@ -159,6 +159,9 @@ class CacheDataset:
             arrays.append(opened)
         self.close()
         self._arrays = arrays
+        # Plain ndarray views of the same maps for per-row reads: np.memmap's indexing runs
+        # Python code (~5 us) on every access.
+        self._plain = [{kind: arr.view(np.ndarray) for kind, arr in opened.items()} for opened in arrays]
         self._image_fds = [os.open(shard.path(self.cache_dir, "images"), os.O_RDONLY) for shard in m.shards]
         self._image_starts = np.asarray([a["images"].offset for a in arrays], dtype=np.int64)
         self._image_row = img.num_patches * img.patch_dim
@@ -190,6 +193,7 @@ class CacheDataset:
         # Memory maps do not travel between processes; a worker maps the files itself.
         state = self.__dict__.copy()
         state["_arrays"] = []
+        state["_plain"] = []
         state["_image_fds"] = []
         state["_release_lock"] = None
         return state
@@ -302,13 +306,17 @@ class CacheDataset:
                 self._pread(int(shard[0]), start, memoryview(batch["images"].numpy()).cast("B"))
             self._count(b * _PAGE)
             return batch
-        for s in np.unique(shard).tolist():
-            rows = np.flatnonzero(shard == s)
-            for dst, kind in small:
-                dst[rows] = self._arrays[s][kind][local[rows]]
+        # One pass over the rows, whatever shards they are in: a random batch of 64 from a
+        # 200-shard cache touches ~55 shards, and a numpy call per shard and array cost more
+        # than the image copies (measured 1.8 vs 1.05 ms per batch against 4 shards).
         flat, step = memoryview(batch["images"].numpy()).cast("B"), self._image_row
-        for i, (s, row) in enumerate(zip(shard.tolist(), local.tolist(), strict=True)):
-            self._pread(s, row, flat[i * step : (i + 1) * step])
+        fds, plain = self._image_fds, self._plain
+        positions = (self._image_starts[shard] + local * step).tolist()
+        for i, (s, row, position) in enumerate(zip(shard.tolist(), local.tolist(), positions, strict=True)):
+            if os.preadv(fds[s], [flat[i * step : (i + 1) * step]], position) != step:
+                self._short_read(s, row)
+            for dst, kind in small:
+                dst[i] = plain[s][kind][row]
         self._count(b * _PAGE)
         return batch
 
@@ -316,8 +324,11 @@ class CacheDataset:
         """Copy whole image rows from the page cache into `dest` (no mapping, GIL released)."""
         got = os.preadv(self._image_fds[shard], [dest], int(self._image_starts[shard]) + row * self._image_row)
         if got != dest.nbytes:
-            path = self.manifest.shards[shard].path(self.cache_dir, "images")
-            raise VlpipeError(f"{path}: short read at row {row}; the file changed after it was opened")
+            self._short_read(shard, row)
+
+    def _short_read(self, shard: int, row: int) -> None:
+        path = self.manifest.shards[shard].path(self.cache_dir, "images")
+        raise VlpipeError(f"{path}: short read at row {row}; the file changed after it was opened")
 
     def _count(self, nbytes: int) -> None:
         self._gathered += nbytes
