@@ -114,9 +114,10 @@ def test_deadline_spares_a_response_that_already_arrived() -> None:
     # to its socket after the deadline, with the whole response waiting there: keep it.
     with ImageServer() as server:
         opener = build_opener(UrlPolicy(allow_private_network=True, deadline_s=0.3))
-        response = opener.open(server.base + "/img/jpeg", timeout=5)
+        # Larger than the 8 KiB read buffer, so the body is read from the socket after the sleep.
+        response = opener.open(server.base + "/img/huge", timeout=5)
         time.sleep(0.5)
-        assert response.read() == server.body("jpeg")
+        assert response.read() == server.body("huge")
 
 
 def test_deadline_is_final_at_twice_its_length() -> None:
@@ -124,7 +125,7 @@ def test_deadline_is_final_at_twice_its_length() -> None:
     # server must not be able to hold a slow reader indefinitely.
     with ImageServer() as server:
         opener = build_opener(UrlPolicy(allow_private_network=True, deadline_s=0.3))
-        response = opener.open(server.base + "/img/jpeg", timeout=5)
+        response = opener.open(server.base + "/img/huge", timeout=5)
         time.sleep(0.7)
         with pytest.raises(PolicyError) as info:
             response.read()
