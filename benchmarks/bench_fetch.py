@@ -22,6 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -62,7 +63,13 @@ def serve(port_queue: multiprocessing.Queue) -> None:
             self.end_headers()
             self.wfile.write(body)
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    class Server(ThreadingHTTPServer):
+        # socketserver's default listen backlog is 5: with 2 x 64 threads connecting at once the
+        # kernel drops SYNs, and a retransmitted SYN (1 s, 3 s, 7 s ...) stalls or times out a
+        # download in either pipeline. A real web server listens with a backlog of hundreds.
+        request_queue_size = 1024
+
+    server = Server(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     port_queue.put(server.server_address[1])
     server.serve_forever()
@@ -98,6 +105,14 @@ def kept_count(out: Path) -> int:
     return sum(json.loads(p.read_text())["successes"] for p in out.glob("[0-9]*_stats.json"))
 
 
+def drop_messages(out: Path) -> dict[str, int]:
+    """Error message -> count over the run's shards (both pipelines write img2dataset's parquet)."""
+    counts: Counter[str] = Counter()
+    for path in out.glob("[0-9]*.parquet"):
+        counts.update(m for m in pq.read_table(path, columns=["error_message"]).column(0).to_pylist() if m)
+    return dict(counts.most_common())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -125,7 +140,8 @@ def main() -> None:
     runners = {"bare img2dataset": lambda out: run_bare(parquet, out, args.processes, args.threads, args.shard_size),
                "vlpipe fetch": lambda out: run_vlpipe(tsv, out, args.processes, args.threads, args.shard_size)}  # fmt: skip
     rates: dict[str, list[float]] = {name: [] for name in runners}
-    kept: dict[str, int] = {}
+    kept: dict[str, list[int]] = {name: [] for name in runners}
+    drops: dict[str, list[dict[str, int]]] = {name: [] for name in runners}
     try:
         for round_index in range(args.rounds):
             order = list(runners) if round_index % 2 == 0 else list(reversed(runners))
@@ -133,9 +149,10 @@ def main() -> None:
                 out = work / f"{name.replace(' ', '-')}-{round_index}"
                 seconds = runners[name](out)
                 rates[name].append(args.images / seconds)
-                kept[name] = kept_count(out)
-                print(f"round {round_index} {name:<18} {seconds:7.1f} s  {args.images / seconds:8.1f} images/s",
-                      flush=True)  # fmt: skip
+                kept[name].append(kept_count(out))
+                drops[name].append(drop_messages(out))
+                print(f"round {round_index} {name:<18} {seconds:7.1f} s  {args.images / seconds:8.1f} images/s"
+                      f"  kept {kept[name][-1]}  drops {drops[name][-1]}", flush=True)  # fmt: skip
                 shutil.rmtree(out)
     finally:
         server.terminate()
@@ -146,11 +163,12 @@ def main() -> None:
     print(f"\n{args.images} images over loopback, {args.processes} processes x {args.threads} threads, "
           f"median of {args.rounds} interleaved rounds:")  # fmt: skip
     for name, value in medians.items():
-        print(f"  {name:<18} {value:8.1f} images/s   kept {kept[name]}")
+        print(f"  {name:<18} {value:8.1f} images/s   kept per round {kept[name]}")
     print(f"  vlpipe / bare      {ratio:8.3f}  (target >= 0.90)")
     if args.json:
         args.json.write_text(json.dumps({"images": args.images, "rates": rates, "medians": medians,
-                                         "ratio": ratio, "kept": kept}, indent=2))  # fmt: skip
+                                         "ratio": ratio, "kept": kept, "drops": drops,
+                                         "load_average": os.getloadavg()}, indent=2))  # fmt: skip
 
 
 if __name__ == "__main__":
