@@ -27,9 +27,20 @@ def test_gathered_rows_are_the_rows_of_their_global_indices(tmp_path: Path) -> N
     assert min(seen) < 20 <= max(seen)  # both shards were read
 
 
+def test_consumer_copy_variant_copies_every_gathered_batch(tmp_path: Path) -> None:
+    files, rows = _shards(tmp_path)
+    gatherer = RowGatherer(files, batch_size=16, seed=3, consumer_copy=True)
+    for _ in range(3):
+        indices = gatherer.gather()
+        np.testing.assert_array_equal(gatherer.staging, rows[indices])
+    assert RowGatherer(files, batch_size=16, seed=3).staging is None
+
+
 def test_one_and_two_process_ceilings_are_measured(tmp_path: Path) -> None:
     files, _ = _shards(tmp_path)
     one = measure_ceiling(files, batch_size=8, seconds=0.05, processes=1)
     two = measure_ceiling(files, batch_size=8, seconds=0.05, processes=2)
     assert one.processes == 1 and one.samples_per_s > 0
     assert two.processes == 2 and two.samples_per_s > 0
+    copied = measure_ceiling(files, batch_size=8, seconds=0.05, processes=2, consumer_copy=True)
+    assert copied.consumer_copy and copied.samples_per_s > 0

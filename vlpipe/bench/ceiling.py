@@ -29,17 +29,24 @@ START_TIMEOUT_S = 120.0
 class CeilingResult:
     processes: int
     samples_per_s: float
+    consumer_copy: bool = False
 
 
 class RowGatherer:
-    """Random rows of several shard memmaps gathered into one reused (batch, ...) buffer."""
+    """Random rows of several shard memmaps gathered into one reused (batch, ...) buffer.
 
-    def __init__(self, image_files: list[str], batch_size: int, seed: int):
+    With `consumer_copy`, every gathered batch is also copied once into a second reused buffer,
+    as the benchmark's consumer copies every pipeline's batches (the staging-copy stand-in): that
+    rate bounds what any loader can deliver through the benchmark's consumer on this machine.
+    """
+
+    def __init__(self, image_files: list[str], batch_size: int, seed: int, consumer_copy: bool = False):
         self.shards = [np.load(path, mmap_mode="r") for path in image_files]
         sizes = [len(shard) for shard in self.shards]
         self.offsets = np.cumsum([0, *sizes])
         self.total = int(self.offsets[-1])
         self.buffer = np.empty((batch_size, *self.shards[0].shape[1:]), dtype=self.shards[0].dtype)
+        self.staging = np.empty_like(self.buffer) if consumer_copy else None
         self.rng = np.random.default_rng(seed)
 
     def gather(self) -> np.ndarray:
@@ -51,6 +58,8 @@ class RowGatherer:
         # np.take(..., out=) or fancy indexing over a memmap, and the ceiling must be the fastest way.
         for slot, (shard_id, row) in enumerate(zip(shard_ids.tolist(), rows.tolist(), strict=True)):
             self.buffer[slot] = self.shards[shard_id][row]
+        if self.staging is not None:
+            np.copyto(self.staging, self.buffer)
         return indices
 
     def run(self, seconds: float) -> float:
@@ -64,9 +73,9 @@ class RowGatherer:
         return batches * len(self.buffer) / (now - start)
 
 
-def _gather_worker(image_files: list[str], batch_size: int, seconds: float, seed: int,
+def _gather_worker(image_files: list[str], batch_size: int, seconds: float, seed: int, consumer_copy: bool,
                    barrier: mp.synchronize.Barrier, results: mp.Queue) -> None:
-    gatherer = RowGatherer(image_files, batch_size, seed)
+    gatherer = RowGatherer(image_files, batch_size, seed, consumer_copy)
     gatherer.gather()
     # All processes start timing together so their windows overlap and contend as they would.
     barrier.wait()
@@ -74,15 +83,15 @@ def _gather_worker(image_files: list[str], batch_size: int, seconds: float, seed
 
 
 def measure_ceiling(image_files: list[str], batch_size: int, seconds: float, processes: int,
-                    seed: int = 0) -> CeilingResult:
+                    seed: int = 0, consumer_copy: bool = False) -> CeilingResult:
     """Aggregate random-gather samples/s of `processes` gatherers running at the same time."""
     if processes == 1:
-        return CeilingResult(1, RowGatherer(image_files, batch_size, seed).run(seconds))
+        return CeilingResult(1, RowGatherer(image_files, batch_size, seed, consumer_copy).run(seconds), consumer_copy)
     ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
     barrier = ctx.Barrier(processes)
     results: mp.Queue = ctx.Queue()
     procs = [ctx.Process(target=_gather_worker, daemon=True,
-                         args=(image_files, batch_size, seconds, seed + i, barrier, results))
+                         args=(image_files, batch_size, seconds, seed + i, consumer_copy, barrier, results))
              for i in range(processes)]
     for proc in procs:
         proc.start()
@@ -93,7 +102,7 @@ def measure_ceiling(image_files: list[str], batch_size: int, seconds: float, pro
             proc.join(timeout=10)
             if proc.is_alive():
                 proc.terminate()
-    return CeilingResult(processes, float(sum(rates)))
+    return CeilingResult(processes, float(sum(rates)), consumer_copy)
 
 
 def _collect(results: mp.Queue, procs: list, timeout: float) -> list[float]:
