@@ -206,6 +206,24 @@ def test_staging_recovery_after_kill(tmp_path: Path) -> None:
     assert not (staging / "00000.tar").exists()
 
 
+def test_staging_left_by_img2dataset_writer_is_downloaded_again(tmp_path: Path) -> None:
+    # A shard staged before vlpipe wrote its own staged tars (img2dataset's arrival order): never
+    # published as is, img2dataset's done marker goes so that the shard is downloaded again.
+    import pyarrow as pa
+
+    from vlpipe.fetch.pipeline import _finalize_staged
+    from vlpipe.fetch.verify import VerifyConfig, done_path
+
+    staging, out = tmp_path / "staging", tmp_path / "out"
+    staging.mkdir()
+    with tarfile.open(staging / "00000.tar", "w"):
+        pass
+    pq.write_table(pa.table({"key": ["000000000"], "status": ["failed_to_download"]}), staging / "00000.parquet")
+    (staging / "00000_stats.json").write_text("{}")
+    _finalize_staged(staging, out, 1, VerifyConfig())
+    assert not done_path(out, 0).exists() and not (staging / "00000_stats.json").exists()
+
+
 def test_nothing_left_to_download(tmp_path: Path) -> None:
     from vlpipe.fetch import FetchConfig, fetch_tsv
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vlpipe.fetch.shardwriter import RECORD_FIELDS, StagedShardWriter, sample_record
+from vlpipe.fetch.shardwriter import RECORD_FIELDS, StagedShardWriter, sample_record, written_by_us
 
 SCHEMA = pa.schema(
     [("url", pa.string()), ("caption", pa.string()), ("row", pa.int64()), ("key", pa.string()),
@@ -47,6 +47,7 @@ def test_tar_is_sorted_final_and_spool_removed(tmp_path: Path) -> None:
         assert list(record) == list(RECORD_FIELDS) and record == sample_record(meta(key))
     rows = pq.read_table(tmp_path / "00007.parquet")
     assert rows.schema == SCHEMA and rows.column("key").to_pylist() == order  # every attempt, drops too
+    assert written_by_us(tmp_path / "00007.parquet")
 
 
 def test_same_samples_in_another_order_give_identical_bytes(tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ from vlpipe.errors import VlpipeError
 from vlpipe.fetch.download import DownloadConfig, check_distributor, run_img2dataset
 from vlpipe.fetch.report import CONFIG_FILE, INPUT_FILE, SELECTION_DROPS_FILE, fetch_report
 from vlpipe.fetch.safety import UrlPolicy
+from vlpipe.fetch.shardwriter import written_by_us
 from vlpipe.fetch.sources import (
     CC_FILENAMES,
     CC_URLS,
@@ -167,8 +168,9 @@ def _finalize_staged(staging: Path, out: Path, num_shards: int, cfg: VerifyConfi
     """Bring staging in line with the done records after a killed run.
 
     A shard img2dataset finished (its stats file is written last) but that was not published is
-    published now; a partly downloaded shard loses img2dataset's done marker so it is downloaded
-    again; raw files left behind by a kill after the done record are removed.
+    published now; a partly downloaded shard, or one staged by an older vlpipe in img2dataset's
+    own tar layout, loses img2dataset's done marker so it is downloaded again; raw files left
+    behind by a kill after the done record are removed.
     """
     for shard_id in range(num_shards):
         name = f"{shard_id:05d}"
@@ -176,7 +178,7 @@ def _finalize_staged(staging: Path, out: Path, num_shards: int, cfg: VerifyConfi
         if done_path(out, shard_id).exists():
             for path in raw[:2]:
                 path.unlink(missing_ok=True)
-        elif all(path.exists() for path in raw):
+        elif all(path.exists() for path in raw) and written_by_us(raw[1]):
             finalize_shard(staging, out, shard_id, cfg)
         else:
             raw[2].unlink(missing_ok=True)

@@ -26,6 +26,10 @@ import pyarrow.parquet as pq
 
 from vlpipe.utils.atomic import atomic_path
 
+# Parquet schema metadata marking a staged shard as this writer's: a staged tar left by an older
+# vlpipe (img2dataset's writer, arrival order) must be downloaded again, not published as is.
+WRITER_MARK = {b"vlpipe_staged_writer": b"1"}
+
 # Fields of a sample's KEY.json and of the published parquet, in this order.
 RECORD_FIELDS = (
     "key", "row", "caption", "url", "status", "error_message", "width", "height",
@@ -90,6 +94,13 @@ class StagedShardWriter:
                 add_member(tar, f"{key}.jpg", spool.read(length))
                 add_member(tar, f"{key}.txt", (record["caption"] or "").encode("utf-8"))
                 add_member(tar, f"{key}.json", json.dumps(record, indent=1).encode("utf-8"))
+        schema = self.schema.with_metadata({**(self.schema.metadata or {}), **WRITER_MARK})
         with atomic_path(self.parquet_path) as tmp:
-            pq.write_table(pa.Table.from_pylist(self.rows, schema=self.schema), tmp)
+            pq.write_table(pa.Table.from_pylist(self.rows, schema=schema), tmp)
         self.spool_path.unlink()
+
+
+def written_by_us(staged_parquet: Path) -> bool:
+    """Whether a staged shard comes from `StagedShardWriter` (its tar is sorted and final)."""
+    metadata = pq.read_schema(staged_parquet).metadata or {}
+    return all(metadata.get(k) == v for k, v in WRITER_MARK.items())
