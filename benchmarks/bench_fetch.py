@@ -139,6 +139,7 @@ def main() -> None:
 
     runners = {"bare img2dataset": lambda out: run_bare(parquet, out, args.processes, args.threads, args.shard_size),
                "vlpipe fetch": lambda out: run_vlpipe(tsv, out, args.processes, args.threads, args.shard_size)}  # fmt: skip
+    load_at_start = os.getloadavg()  # other work on the machine; at the end it would include ours
     rates: dict[str, list[float]] = {name: [] for name in runners}
     kept: dict[str, list[int]] = {name: [] for name in runners}
     drops: dict[str, list[dict[str, int]]] = {name: [] for name in runners}
@@ -168,7 +169,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps({"images": args.images, "rates": rates, "medians": medians,
                                          "ratio": ratio, "kept": kept, "drops": drops,
-                                         "load_average": os.getloadavg()}, indent=2))  # fmt: skip
+                                         "load_average_at_start": load_at_start}, indent=2))  # fmt: skip
 
 
 if __name__ == "__main__":
