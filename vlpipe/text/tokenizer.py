@@ -28,8 +28,6 @@ SPECIAL_TOKEN_NAMES: dict[str, tuple[str, ...]] = {
     "mask": ("[MASK]", "<mask>"),
     "unk": ("[UNK]", "<unk>"),
 }
-# The cache stores ids as uint16 while they fit (docs/cache-format.md).
-UINT16_MAX_VOCAB = 65535
 
 
 class TextTokenizer:
@@ -95,8 +93,10 @@ class TextTokenizer:
 
     @property
     def token_dtype(self) -> str:
-        """The dtype of tokens.npy in a cache built with this tokenizer."""
-        return "uint16" if self.vocab_size <= UINT16_MAX_VOCAB else "uint32"
+        """The dtype of tokens.npy in a cache built with this tokenizer (the format decides)."""
+        from vlpipe.cache.format import token_dtype
+
+        return token_dtype(self.vocab_size)
 
     def encode_batch(self, texts: Iterable[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
         """Token ids `(n, max_len)` int64, right-padded with `pad_id`, and real lengths `(n,)` int64.
