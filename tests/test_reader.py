@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from vlpipe.cache import CacheDataset
+from vlpipe.cache.format import LabelSpec, label_counts
 from vlpipe.errors import VlpipeError
 
 torch.set_num_threads(1)
@@ -65,11 +66,18 @@ def write_cache(root: Path, shard_sizes=(5, 7, 4), labels: bool = False, seed: i
                  "vocab_size": 100, "max_len": MAX_LEN, "dtype": "uint16",
                  "pad_id": PAD, "cls_id": 2, "sep_id": 3, "mask_id": 4, "unk_id": 1},
         "splits": {"train": int((out["split"] == "train").sum()), "val": int((out["split"] == "val").sum())},
-        "shards": shards, "labels": {"kind": "class"} if labels else None,
+        "shards": shards, "labels": _labels_section(out) if labels else None,
         "provenance": {}, "skipped": {},
     }
     (root / "manifest.json").write_text(json.dumps(manifest))
     return out
+
+
+def _labels_section(out: dict[str, np.ndarray]) -> dict:
+    """A labels section as build-cache writes it (3 classes), so `vlpipe cache verify` accepts it."""
+    spec = LabelSpec("multiclass", ("a", "b", "c"))
+    counts, unlabeled = label_counts(out["labels"], out["split"].tolist(), multilabel=False, num_labels=3)
+    return spec.to_manifest(counts, unlabeled)
 
 
 @pytest.fixture
@@ -148,6 +156,11 @@ def test_labels_are_returned_when_present(tmp_path):
     batch = ds.__getitems__([14, 1, 6])
     assert batch["labels"].dtype == torch.int64
     assert batch["labels"].tolist() == ref["labels"][[14, 1, 6]].tolist()
+    # The fixture's labels section is one build-cache would write: verify finds nothing wrong with it.
+    from vlpipe.cache.verify import verify_cache
+
+    problems = verify_cache(tmp_path)  # (the fixture's tokens are random, so other files do get reported)
+    assert problems and not [p for p in problems if "labels.npy" in p or "label" in p.split(": ", 1)[1]]
 
 
 def test_release_pages_keeps_data_and_views_valid(cache):
