@@ -144,7 +144,8 @@ class CacheLoader:
                 self._last_turn = first + k
                 yield batch
 
-    def _slots(self, turn: int) -> Batch:
+    def _ring_slots(self) -> list[Batch]:
+        """The loader's ring, allocated on first use (shared memory in `processes` mode)."""
         if not self._ring:
             self._ring = [self.dataset.new_batch(self.batch_size, pin_memory=self.pin_memory and self.mode != "processes")
                           for _ in range(self._ring_size)]
@@ -154,16 +155,18 @@ class CacheLoader:
                     # Page-locked memory cannot be shared with the workers; copy into it here.
                     self._pinned = [self.dataset.new_batch(self.batch_size, pin_memory=True)
                                     for _ in range(self._ring_size)]
-        return self._ring[turn % self._ring_size]
+        return self._ring
 
     def _inline(self, plan: list[np.ndarray], first: int) -> Iterator[Batch]:
+        ring = self._ring_slots()
         for k, indices in enumerate(plan):
-            yield self.dataset.gather(indices, out=self._slots(first + k), views=not self.pin_memory)
+            yield self.dataset.gather(indices, out=ring[(first + k) % len(ring)], views=not self.pin_memory)
 
     def _threaded(self, plan: list[np.ndarray], first: int) -> Iterator[Batch]:
         def fill(indices: np.ndarray, slot: Batch) -> Batch:
             return self.dataset.gather(indices, out=slot, views=not self.pin_memory)
 
+        ring = self._ring_slots()
         pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="vlpipe-gather")
         pending: dict[int, Future[Batch]] = {}
         submitted = 0
@@ -172,7 +175,7 @@ class CacheLoader:
                 # Batch j reuses the slot of batch j - len(ring), which is at least two behind
                 # the batch the consumer holds after this step: the ownership rule.
                 while submitted < len(plan) and submitted <= k + self._ahead:
-                    pending[submitted] = pool.submit(fill, plan[submitted], self._slots(first + submitted))
+                    pending[submitted] = pool.submit(fill, plan[submitted], ring[(first + submitted) % len(ring)])
                     submitted += 1
                 yield pending.pop(k).result()
         finally:
@@ -181,24 +184,24 @@ class CacheLoader:
             pool.shutdown(wait=True, cancel_futures=True)
 
     def _processes(self, plan: list[np.ndarray], first: int) -> Iterator[Batch]:
-        self._slots(first)  # allocates the shared ring before the workers fork
+        ring = self._ring_slots()  # allocated before the workers fork, so they share it
         if self._pool is None:
-            self._pool = _ProcessPool(self.dataset, self._ring, self.workers)
+            self._pool = _ProcessPool(self.dataset, ring, self.workers)
         pool = self._pool
         submitted = 0
         try:
             for k in range(len(plan)):
                 while submitted < len(plan) and submitted <= k + self._ahead:
                     turn = first + submitted
-                    pool.submit(turn, turn % self._ring_size, plan[submitted])
+                    pool.submit(turn, turn % len(ring), plan[submitted])
                     submitted += 1
                 pool.wait(first + k)
-                slot = self._ring[(first + k) % self._ring_size]
+                slot = ring[(first + k) % len(ring)]
                 b = len(plan[k])
                 if not self._pinned:
                     yield {key: t[:b] for key, t in slot.items()}
                 else:
-                    target = self._pinned[(first + k) % self._ring_size]
+                    target = self._pinned[(first + k) % len(ring)]
                     yield {key: target[key][:b].copy_(t[:b]) for key, t in slot.items()}
         except GeneratorExit:
             # Left early: batches still being gathered would land in slots the next epoch
