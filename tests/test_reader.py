@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -98,10 +99,16 @@ def test_contiguous_batch_is_a_view_of_the_memmap(cache):
     assert np.array_equal(batch["input_ids"].numpy(), ref["tokens"][6:10].astype(np.int64))
 
 
+# None: the default limit, under which these tiny caches stay mapped; 1 byte: too big, pread.
+READ_PATHS = {"mapped": None, "pread": 1}
+
+
+@pytest.mark.parametrize("path", READ_PATHS)
 @pytest.mark.parametrize("indices", [[15, 0, 7, 3, 11, 5, 12], [9, 6, 8], [4, 4, 0], [11, 12]])
-def test_random_batch_equals_numpy_indexing(cache, indices):
+def test_random_batch_equals_numpy_indexing(cache, indices, path):
     root, ref = cache
-    ds = CacheDataset(root, split=None)
+    ds = CacheDataset(root, split=None, resident_limit=READ_PATHS[path])
+    assert ds.resident == (path == "mapped")
     batch = ds.__getitems__(indices)
     assert batch["images"].shape == (len(indices), PATCHES, PATCH_DIM) and batch["images"].dtype == torch.uint8
     assert np.array_equal(batch["images"].numpy(), ref["images"][indices])
@@ -111,9 +118,10 @@ def test_random_batch_equals_numpy_indexing(cache, indices):
     assert "labels" not in batch
 
 
-def test_gather_into_preallocated_output(cache):
+@pytest.mark.parametrize("path", READ_PATHS)
+def test_gather_into_preallocated_output(cache, path):
     root, ref = cache
-    ds = CacheDataset(root, split=None)
+    ds = CacheDataset(root, split=None, resident_limit=READ_PATHS[path])
     out = ds.new_batch(8)
     indices = np.array([13, 2, 9, 0, 15])
     batch = ds.gather(indices, out=out, views=False)
@@ -122,6 +130,38 @@ def test_gather_into_preallocated_output(cache):
     contiguous = ds.gather([1, 2, 3], out=out, views=False)  # copied, not a view, when views=False
     assert contiguous["images"].data_ptr() == out["images"].data_ptr()
     assert np.array_equal(out["images"][:3].numpy(), ref["images"][1:4])
+
+
+def test_resident_limit_decides_whether_the_cache_stays_mapped(cache):
+    root, _ref = cache
+    size = sum(f.stat().st_size for f in (root / "shards").rglob("*.npy"))
+    assert CacheDataset(root, split=None).resident  # default: min(4 GiB, RAM/8)
+    assert CacheDataset(root, split=None, resident_limit=0).resident  # 0: no limit
+    assert CacheDataset(root, split=None, resident_limit=size).resident
+    assert not CacheDataset(root, split=None, resident_limit=size - 1).resident
+
+
+@pytest.mark.parametrize("path", READ_PATHS)
+def test_row_ranges_filled_by_threads_make_the_whole_batch(cache, path):
+    """The loader's threads copy disjoint row ranges of one batch at once; the sum is `gather`."""
+    root, ref = cache
+    ds = CacheDataset(root, split=None, resident_limit=READ_PATHS[path])
+    indices = [15, 0, 7, 3, 11, 5, 12, 1, 9]
+    for plan_indices in (indices, [6, 7, 8, 9]):  # scattered rows, and one consecutive run
+        out = ds.new_batch(len(plan_indices))
+        plan = ds.plan(plan_indices)
+        ds.fill_small(plan, out)
+        images = out["images"].numpy()
+        threads = [threading.Thread(target=ds.fill_images, args=(plan, images, lo, min(lo + 2, len(plan_indices))))
+                   for lo in range(0, len(plan_indices), 2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert plan.run == (plan_indices == [6, 7, 8, 9])
+        assert np.array_equal(images, ref["images"][plan_indices])
+        assert np.array_equal(out["input_ids"].numpy(), ref["tokens"][plan_indices].astype(np.int64))
+        assert out["index"].tolist() == plan_indices
 
 
 def test_split_maps_local_to_global(cache):
@@ -150,9 +190,10 @@ def test_single_item_meta_and_conveniences(cache):
         ds.__getitems__([16])
 
 
-def test_labels_are_returned_when_present(tmp_path):
+@pytest.mark.parametrize("path", READ_PATHS)
+def test_labels_are_returned_when_present(tmp_path, path):
     ref = write_cache(tmp_path, labels=True)
-    ds = CacheDataset(tmp_path, split=None)
+    ds = CacheDataset(tmp_path, split=None, resident_limit=READ_PATHS[path])
     batch = ds.__getitems__([14, 1, 6])
     assert batch["labels"].dtype == torch.int64
     assert batch["labels"].tolist() == ref["labels"][[14, 1, 6]].tolist()
