@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -31,8 +32,11 @@ def _gather_threads() -> list[threading.Thread]:
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("shuffle", [True, False])
-def test_delivers_sampler_batches_in_order(cache, mode, shuffle):
+@pytest.mark.parametrize("mapped", [True, False])
+def test_delivers_sampler_batches_in_order(cache, mode, shuffle, mapped):
     ds, ref = cache
+    if not mapped:  # as a cache too big to stay mapped is read: pread per row
+        ds = CacheDataset(ds.cache_dir, split=None, resident_limit=1)
     sampler = CacheSampler(len(ds), shuffle=shuffle, seed=4)
     expected = sampler.batches(5, drop_last=False)
     loader = CacheLoader(ds, batch_size=5, sampler=sampler, mode=mode, workers=2, drop_last=False)
@@ -46,6 +50,7 @@ def test_delivers_sampler_batches_in_order(cache, mode, shuffle):
         seen += 1
         assert sampler.position == sum(len(b) for b in expected[:seen])  # advanced on delivery
     assert seen == len(expected)
+    loader.close()
     assert not _gather_threads()
 
 
@@ -76,9 +81,8 @@ def test_break_then_resume_from_state_dict(cache, mode):
         if len(got) == 3:
             state = loader.state_dict()
             break
-    assert not _gather_threads()
     loader.close()
-    assert not multiprocessing.active_children()
+    assert not _gather_threads() and not multiprocessing.active_children()
     resumed = CacheLoader(ds, batch_size=4, sampler=CacheSampler(len(ds), seed=9), mode=mode, workers=2)
     resumed.load_state_dict(state)
     rest = [b["index"].tolist() for b in resumed]
@@ -91,7 +95,7 @@ def test_epochs_reuse_the_ring_and_keep_the_held_batch_valid(cache, mode):
     sampler = CacheSampler(len(ds), seed=2)
     loader = CacheLoader(ds, batch_size=8, sampler=sampler, mode=mode, workers=2)
     previous = None
-    rings, pids = [], []
+    rings, pids, threads = [], [], []
     for epoch in range(3):
         sampler.set_epoch(epoch)
         for batch in loader:
@@ -102,11 +106,14 @@ def test_epochs_reuse_the_ring_and_keep_the_held_batch_valid(cache, mode):
             previous = (batch, batch["index"].numpy().copy())
         rings.append([slot["images"].data_ptr() for slot in loader._ring])
         pids.append(sorted(p.pid for p in multiprocessing.active_children()))
+        threads.append(sorted(t.ident for t in _gather_threads()))
     assert rings[0] == rings[1] == rings[2]  # no new buffers per epoch
     if mode == "processes":
         assert len(pids[0]) == 2 and pids[0] == pids[1] == pids[2]  # no fork per epoch
+    if mode == "threads":
+        assert len(threads[0]) == 2 and threads[0] == threads[1] == threads[2]  # no new threads per epoch
     loader.close()
-    assert not multiprocessing.active_children()
+    assert not multiprocessing.active_children() and not _gather_threads()
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -125,14 +132,39 @@ def test_break_mid_epoch_then_next_epoch_is_intact(cache, mode):
     assert not multiprocessing.active_children()
 
 
-def test_dropped_loader_stops_its_workers(cache):
+def test_waiting_consumer_gathers_chunks_itself(cache, monkeypatch):
+    """threads mode: while the crew is busy, the consuming thread copies the batch's other chunks."""
+    ds, ref = cache
+    original = ds.fill_images
+    copied_by: list[str] = []
+
+    def slow_crew(plan, images, lo, hi):
+        name = threading.current_thread().name
+        copied_by.append(name)
+        if name.startswith("vlpipe-gather"):
+            time.sleep(0.05)  # a crew slower than the consumer: it must not sit and wait
+        return original(plan, images, lo, hi)
+
+    monkeypatch.setattr(ds, "fill_images", slow_crew)
+    monkeypatch.setattr("vlpipe.cache.loader.CHUNK_ROWS", 2)
+    with CacheLoader(ds, batch_size=8, sampler=CacheSampler(len(ds), seed=3), mode="threads", workers=1) as loader:
+        for batch in loader:
+            assert np.array_equal(batch["images"].numpy(), ref["images"][batch["index"].numpy()])
+    assert len(copied_by) == 5 * 4  # 5 batches of 4 chunks, each copied once
+    assert copied_by.count(threading.main_thread().name) > len(copied_by) // 2
+    assert any(name.startswith("vlpipe-gather") for name in copied_by)
+
+
+@pytest.mark.parametrize("mode", ["threads", "processes"])
+def test_dropped_loader_stops_its_workers(cache, mode):
     ds, _ref = cache
-    loader = CacheLoader(ds, batch_size=4, mode="processes", workers=2)
-    next(iter(loader))
-    assert len(multiprocessing.active_children()) == 2
-    del loader
+    loader = CacheLoader(ds, batch_size=4, mode=mode, workers=2)
+    batches = iter(loader)
+    next(batches)
+    assert len(multiprocessing.active_children() if mode == "processes" else _gather_threads()) == 2
+    del loader, batches
     gc.collect()
-    assert not multiprocessing.active_children()
+    assert not multiprocessing.active_children() and not _gather_threads()
 
 
 @pytest.mark.parametrize("mode", ["threads", "processes"])
@@ -147,6 +179,14 @@ def test_worker_error_propagates_with_its_message(cache, mode, monkeypatch):
         return original(indices, *args, **kwargs)
 
     monkeypatch.setattr(ds, "gather", failing)
+    original_fill = ds.fill_images
+
+    def failing_fill(plan, images, lo, hi):  # threads mode copies image rows chunk by chunk
+        if 5 in plan.glob[lo:hi].tolist():
+            raise ValueError("boom at sample 5")
+        return original_fill(plan, images, lo, hi)
+
+    monkeypatch.setattr(ds, "fill_images", failing_fill)
     with pytest.raises((ValueError, RuntimeError), match="boom at sample 5"):
         for _ in loader:
             pass

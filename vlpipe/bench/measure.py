@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -141,9 +141,13 @@ def _tree_pss(processes: list[psutil.Process]) -> int | None:
     return total
 
 
-def run_round(pipeline: Pipeline, seed: int, seconds: float, warmup: bool = True) -> RoundResult:
-    """Open a fresh iterator, pull the untimed warm-up batches, then consume for `seconds`."""
-    consume = BatchConsumer()
+def run_round(pipeline: Pipeline, seed: int, seconds: float, warmup: bool = True,
+              consumer: Callable[[Batch], int] | None = None) -> RoundResult:
+    """Open a fresh iterator, pull the untimed warm-up batches, then consume for `seconds`.
+
+    `consumer` (batch -> samples in it) replaces the staging copy, e.g. to see what it costs.
+    """
+    consume = BatchConsumer() if consumer is None else consumer
     batches: Iterator[Batch] = pipeline.open(seed)
     with contextlib.closing(batches):  # type: ignore[type-var]
         for _ in range(pipeline.warmup_batches if warmup else 0):

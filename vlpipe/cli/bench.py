@@ -21,7 +21,9 @@ def bench() -> None:
                    "JPEGs. Without it, the cache's images are re-encoded as JPEG q95 (an approximation).")
 @click.option("--batch-size", default=64, show_default=True, help="Samples per batch for every pipeline.")
 @click.option("--workers", type=int, default=None,
-              help="Worker processes/threads for every pipeline (equal cores). Default: all usable CPUs.")
+              help="Worker processes for the baselines and vlpipe's processes mode (equal cores); vlpipe's "
+                   "threads mode starts one thread fewer, as its consuming thread gathers too. "
+                   "Default: all usable CPUs.")
 @click.option("--seconds", default=5.0, show_default=True, help="Timed seconds per pipeline per round.")
 @click.option("--rounds", default=3, show_default=True,
               help="Interleaved rounds (A B C A B C ...); rows report the median and min-max.")
