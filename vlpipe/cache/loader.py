@@ -214,7 +214,9 @@ class CacheLoader:
             # Consecutive samples of one shard: a view of the map, nothing to copy.
             return _Job(plan, self.dataset.gather(indices, out=slot, views=True), remaining=0)
         b = len(plan.glob)
-        job = _Job(plan, {key: t[:b] for key, t in slot.items()}, remaining=-(-b // CHUNK_ROWS))
+        # A fresh dict either way: the caller may replace its entries (e.g. with device tensors).
+        batch = dict(slot) if b == self.batch_size else {key: t[:b] for key, t in slot.items()}
+        job = _Job(plan, batch, remaining=-(-b // CHUNK_ROWS))
         self.dataset.fill_small(plan, job.batch)
         crew.submit(job)
         return job

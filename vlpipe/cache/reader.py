@@ -383,15 +383,15 @@ class CacheDataset:
             else:
                 self._pread(s, start, memoryview(images[lo:hi]).cast("B"))
             return
+        rows = zip(range(lo, hi), plan.shards[lo:hi], plan.rows[lo:hi], strict=True)
         if self.resident:
             maps = self._image_maps
-            for i in range(lo, hi):
-                images[i] = maps[plan.shards[i]][plan.rows[i]]
+            for i, s, row in rows:
+                images[i] = maps[s][row]
             return
         step, fds, starts = self._image_row, self._image_fds, self._image_starts
         flat = memoryview(images).cast("B")
-        for i in range(lo, hi):
-            s, row = plan.shards[i], plan.rows[i]
+        for i, s, row in rows:
             if os.preadv(fds[s], [flat[i * step : (i + 1) * step]], int(starts[s]) + row * step) != step:
                 self._short_read(s, row)
 
