@@ -7,9 +7,9 @@ CacheLoader keeps the gather and drops the overhead: batches are gathered into a
 preallocated buffers that are reused, by threads (the row reads release the GIL) or by worker
 processes that write into shared-memory ring slots and only send batch numbers back.
 
-The ring, and the worker processes of `processes` mode, belong to the loader and outlive an
-epoch: allocating fresh buffers per epoch means faulting in ~50 MB of new pages, and forking
-workers per epoch costs tens of milliseconds, both paid again at every `iter(loader)`. Measured on
+The ring, the threads of `threads` mode and the worker processes of `processes` mode belong to
+the loader and outlive an epoch: allocating fresh buffers per epoch means faulting in ~50 MB of new
+pages, and forking workers per epoch costs tens of milliseconds, both paid again at every `iter(loader)`. Measured on
 the 2-core machine with a 4000-sample cache (62 batches per epoch), that per-epoch cost halved
 the delivered rate. `close()` (or leaving a `with` block, or garbage collection) stops the workers.
 
