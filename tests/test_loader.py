@@ -132,6 +132,20 @@ def test_break_mid_epoch_then_next_epoch_is_intact(cache, mode):
     assert not multiprocessing.active_children()
 
 
+@pytest.mark.parametrize("batch_size", [1, 7, 12, 40])
+def test_threads_chunks_cover_uneven_and_last_partial_batches(cache, batch_size):
+    """Batches that are no multiple of CHUNK_ROWS, and a short last batch, arrive whole."""
+    ds, ref = cache
+    sampler = CacheSampler(len(ds), seed=6)
+    expected = sampler.batches(batch_size, drop_last=False)
+    with CacheLoader(ds, batch_size=batch_size, sampler=sampler, mode="threads", workers=1,
+                     drop_last=False) as loader:
+        got = [(batch["index"].tolist(), batch["images"].numpy().copy()) for batch in loader]
+    assert [index for index, _ in got] == [b.tolist() for b in expected]
+    for index, images in got:
+        assert np.array_equal(images, ref["images"][index])
+
+
 def test_waiting_consumer_gathers_chunks_itself(cache, monkeypatch):
     """threads mode: while the crew is busy, the consuming thread copies the batch's other chunks."""
     ds, ref = cache
@@ -150,6 +164,7 @@ def test_waiting_consumer_gathers_chunks_itself(cache, monkeypatch):
     with CacheLoader(ds, batch_size=8, sampler=CacheSampler(len(ds), seed=3), mode="threads", workers=1) as loader:
         for batch in loader:
             assert np.array_equal(batch["images"].numpy(), ref["images"][batch["index"].numpy()])
+            time.sleep(0.01)  # a training step: the crew gets the GIL and takes a queued chunk
     assert len(copied_by) == 5 * 4  # 5 batches of 4 chunks, each copied once
     assert copied_by.count(threading.main_thread().name) > len(copied_by) // 2
     assert any(name.startswith("vlpipe-gather") for name in copied_by)
