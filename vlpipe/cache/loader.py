@@ -9,9 +9,9 @@ processes that write into shared-memory ring slots and only send batch numbers b
 
 The ring, the threads of `threads` mode and the worker processes of `processes` mode belong to
 the loader and outlive an epoch: allocating fresh buffers per epoch means faulting in ~50 MB of new
-pages, and forking workers per epoch costs tens of milliseconds, both paid again at every `iter(loader)`. Measured on
-the 2-core machine with a 4000-sample cache (62 batches per epoch), that per-epoch cost halved
-the delivered rate. `close()` (or leaving a `with` block, or garbage collection) stops the workers.
+pages, and forking workers per epoch costs tens of milliseconds, both paid again at every
+`iter(loader)`. Measured on the 2-core machine with a 4000-sample cache (62 batches per epoch),
+that per-epoch cost halved the delivered rate. `close()` (or leaving a `with` block, or garbage collection) stops the workers.
 
 In `threads` mode a batch is gathered in chunks of rows (`CHUNK_ROWS`) by a crew of background
 threads, and the consuming thread takes the next batch's unclaimed chunks itself instead of
@@ -36,7 +36,7 @@ import warnings
 import weakref
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -212,7 +212,7 @@ class CacheLoader:
         plan = self.dataset.plan(indices)
         if plan.run and views:
             # Consecutive samples of one shard: a view of the map, nothing to copy.
-            return _Job(plan, self.dataset.gather(indices, out=slot, views=True), remaining=0)
+            return _Job(plan, self.dataset.gather(plan, out=slot, views=True), remaining=0)
         b = len(plan.glob)
         # A fresh dict either way: the caller may replace its entries (e.g. with device tensors).
         batch = dict(slot) if b == self.batch_size else {key: t[:b] for key, t in slot.items()}
@@ -260,10 +260,6 @@ class _Job:
     batch: Batch
     remaining: int
     error: BaseException | None = None
-    images: np.ndarray = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.images = self.batch["images"].numpy()
 
 
 class _CrewState:
@@ -281,7 +277,7 @@ class _CrewState:
         job, lo, hi = item
         error = None
         try:
-            self.dataset.fill_images(job.plan, job.images, lo, hi)
+            self.dataset.fill_images(job.plan, job.batch["images"].numpy(), lo, hi)
         except BaseException as exc:  # handed to the consumer, raised where it waits
             error = exc
         with self.cv:

@@ -197,7 +197,6 @@ class CacheDataset:
         self._image_row = img.num_patches * img.patch_dim
         mapped_bytes = sum(arr.offset + arr.nbytes for opened in arrays for arr in opened.values())  # whole files
         self.resident = self.resident_limit <= 0 or mapped_bytes <= self.resident_limit
-        self._image_maps = [plain["images"] for plain in self._plain]
         # Resident caches: the per-sample rows of every shard in one array indexed by global sample
         # number (tokens are ~0.1% of the image bytes), so a batch takes them in one numpy call.
         self._small: dict[str, np.ndarray] = {}
@@ -233,7 +232,6 @@ class CacheDataset:
         state = self.__dict__.copy()
         state["_arrays"] = []
         state["_plain"] = []
-        state["_image_maps"] = []
         state["_small"] = {}
         state["_image_fds"] = []
         state["_release_lock"] = None
@@ -326,12 +324,12 @@ class CacheDataset:
         out: dict[str, torch.Tensor] | None = None,
         views: bool = True,
     ) -> dict[str, torch.Tensor]:
-        """Read a batch; the result uses the first B rows of `out` when given.
+        """Read a batch (`indices`, or their `plan()`); the result uses the first B rows of `out` when given.
 
         With `views`, a run of consecutive samples inside one shard returns its images as a
         read-only view of the memory map instead of copying them.
         """
-        plan = self.plan(indices)
+        plan = indices if isinstance(indices, RowPlan) else self.plan(indices)
         b = len(plan.glob)
         if out is None:
             out = self.new_batch(b)
@@ -374,26 +372,21 @@ class CacheDataset:
 
         Threads may fill disjoint row ranges of one batch at once: the copies release the GIL.
         """
-        if lo >= hi:
-            return
-        if plan.run:
+        if plan.run and lo < hi:
             s, start = plan.shards[0], plan.rows[lo]
             if self.resident:
-                images[lo:hi] = self._image_maps[s][start : start + hi - lo]
+                images[lo:hi] = self._plain[s]["images"][start : start + hi - lo]
             else:
                 self._pread(s, start, memoryview(images[lo:hi]).cast("B"))
             return
         rows = zip(range(lo, hi), plan.shards[lo:hi], plan.rows[lo:hi], strict=True)
+        plain = self._plain
         if self.resident:
-            maps = self._image_maps
             for i, s, row in rows:
-                images[i] = maps[s][row]
+                images[i] = plain[s]["images"][row]
             return
-        step, fds, starts = self._image_row, self._image_fds, self._image_starts
-        flat = memoryview(images).cast("B")
         for i, s, row in rows:
-            if os.preadv(fds[s], [flat[i * step : (i + 1) * step]], int(starts[s]) + row * step) != step:
-                self._short_read(s, row)
+            self._pread(s, row, memoryview(images[i]).cast("B"))
 
     def _pread(self, shard: int, row: int, dest: memoryview) -> None:
         """Copy whole image rows from the page cache into `dest` (no mapping, GIL released)."""
