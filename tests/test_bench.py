@@ -112,10 +112,11 @@ def _check_report(report: dict, pipelines: set[str], ceilings: set[str]) -> None
     assert machine["usable_cpus"] >= 1 and machine["versions"]["torch"]
     assert set(machine["ceiling"]) == ceilings  # 1 process and `workers` processes at once
     assert set(machine["ceiling_with_consumer_copy"]) == ceilings
+    assert set(machine["np_take_ceiling"]) == ceilings
     assert {r["pipeline"] for r in report["results"]} == pipelines
     for row in report["results"]:
         for name in ("samples_per_s", "samples_per_s_min", "samples_per_s_max", "ratio_to_baseline",
-                     "share_of_ceiling", "share_of_copy_bound", "read_mb_per_s", "cpu_cores", "peak_rss_mb",
+                     "share_of_ceiling", "share_of_copy_bound", "share_of_np_take_ceiling", "read_mb_per_s", "cpu_cores", "peak_rss_mb",
                      "samples_timed"):
             assert row[name] > 0, (row["pipeline"], name, row[name])
         assert row["samples_per_s_min"] <= row["samples_per_s"] <= row["samples_per_s_max"]
@@ -130,10 +131,11 @@ def test_bench_dataloader_short_run_reports_every_pipeline(tiny: tuple[Path, Pat
                               progress=lambda done, total, label: steps.append(label))
     _check_report(report, {"vlpipe-inline", "vlpipe-threads", "vlpipe-processes", "seed-baseline", "webdataset"},
                   {"1_process", "2_processes"})
-    # Interleaved: the 4 ceilings (1 and 2 processes, without and with the consumer's copy), then
-    # every pipeline, once per round.
-    assert len(steps) == 2 * 9 and steps[4].endswith("vlpipe-inline") and steps[13].endswith("vlpipe-inline")
-    assert "consumer copy" in steps[2] and "consumer copy" not in steps[0]
+    # Interleaved: the 6 gather-only series (ceiling, copy bound, np.take; 1 and 2 processes each),
+    # then every pipeline, once per round.
+    assert len(steps) == 2 * 11 and steps[6].endswith("vlpipe-inline") and steps[17].endswith("vlpipe-inline")
+    assert [s.split(": ", 1)[1] for s in steps[:6]] == [
+        f"{series}, {n} process(es)" for series in ("ceiling", "copy bound", "np.take") for n in (1, 2)]
     assert report["machine"]["page_cache"] == "warm"
     assert "extracted from" in report["machine"]["data"]["jpeg_source"]
     assert all(len(r["samples_per_s_rounds"]) == 2 for r in report["results"])

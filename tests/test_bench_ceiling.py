@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from vlpipe.bench.ceiling import RowGatherer, measure_ceiling
 
@@ -16,9 +17,10 @@ def _shards(tmp_path: Path) -> tuple[list[str], np.ndarray]:
     return files, rows
 
 
-def test_gathered_rows_are_the_rows_of_their_global_indices(tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", ["rows", "take"])
+def test_gathered_rows_are_the_rows_of_their_global_indices(tmp_path: Path, method: str) -> None:
     files, rows = _shards(tmp_path)
-    gatherer = RowGatherer(files, batch_size=16, seed=3)
+    gatherer = RowGatherer(files, batch_size=16, seed=3, method=method)
     seen = set()
     for _ in range(20):
         indices = gatherer.gather()
@@ -44,3 +46,11 @@ def test_one_and_two_process_ceilings_are_measured(tmp_path: Path) -> None:
     assert two.processes == 2 and two.samples_per_s > 0
     copied = measure_ceiling(files, batch_size=8, seconds=0.05, processes=2, consumer_copy=True)
     assert copied.consumer_copy and copied.samples_per_s > 0
+    taken = measure_ceiling(files, batch_size=8, seconds=0.05, processes=2, method="take")
+    assert taken.method == "take" and taken.samples_per_s > 0
+
+
+def test_unknown_gather_method_is_refused(tmp_path: Path) -> None:
+    files, _ = _shards(tmp_path)
+    with pytest.raises(ValueError, match="unknown gather method 'fancy'"):
+        RowGatherer(files, batch_size=4, seed=0, method="fancy")

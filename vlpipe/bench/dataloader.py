@@ -30,6 +30,12 @@ from vlpipe.errors import VlpipeError
 
 BASELINE = "seed-baseline"
 Progress = Callable[[int, int, str], None]
+# The gather-only series measured every round, in this order: name -> (consumer copy, gather method).
+SERIES: dict[str, tuple[bool, str]] = {
+    "ceiling": (False, "rows"),
+    "copy bound": (True, "rows"),
+    "np.take": (False, "take"),
+}
 
 
 @dataclass
@@ -64,8 +70,9 @@ def bench_dataloader(
     """Benchmark vlpipe's reader against the seed-style and webdataset loaders on this machine.
 
     Returns `{"machine": {...}, "results": [...], "ceiling_samples_per_s": float}`; `machine`
-    also carries the run's settings, page-cache state, data origin, the per-process ceilings and
-    the copy bounds (the ceiling's gathers plus the consumer's copy that every pipeline pays).
+    also carries the run's settings, page-cache state, data origin, the per-process ceilings, the
+    copy bounds (the ceiling's gathers plus the consumer's copy that every pipeline pays) and the
+    np.take gathers the anchor figures were measured with.
     `workers=None` uses every usable CPU. Short settings (seconds=0.3, rounds=1) give a smoke
     run in seconds; real figures want the defaults on a quiet machine.
     """
@@ -102,19 +109,22 @@ def bench_dataloader(
             page_cache = "warm" if done else "not warmed"
         drop_before_runs = drop_caches_file if page_cache == "cold" else None
         rounds_by_name, ceilings = _interleave(pipelines, settings, image_files, drop_before_runs, progress)
-    ceiling = max(statistics.median(rates) for (_n, copy), rates in ceilings.items() if not copy)
-    copy_bound = max(statistics.median(rates) for (_n, copy), rates in ceilings.items() if copy)
-    results = _summarize(pipelines, rounds_by_name, ceiling, copy_bound)
+    ceiling, copy_bound, take_ceiling = (
+        max(statistics.median(rates) for (_n, s), rates in ceilings.items() if s == series) for series in SERIES)
+    results = _summarize(pipelines, rounds_by_name, ceiling, copy_bound, take_ceiling)
     machine.update({
         "page_cache": page_cache,
         "page_cache_note": page_cache_note,
         "data": {"cache_samples": manifest.num_samples, "image_size": manifest.image.image_size,
                  "patch_size": manifest.image.patch_size, "max_len": manifest.text.max_len,
                  "jpeg_source": jpegs.origin, "mean_jpeg_bytes": round(jpegs.jpeg_bytes_per_sample)},
-        "ceiling": _ceiling_summary(ceilings, copy=False),
+        "ceiling": _ceiling_summary(ceilings, "ceiling"),
         # The same gathers, each batch copied once more as the consumer copies every pipeline's
         # batches: the most any pipeline can deliver through this benchmark on this machine.
-        "ceiling_with_consumer_copy": _ceiling_summary(ceilings, copy=True),
+        "ceiling_with_consumer_copy": _ceiling_summary(ceilings, "copy bound"),
+        # The gather the anchor figures (and the issue's targets) were measured with: a reference
+        # beside the ceiling, not a bound (see vlpipe.bench.ceiling).
+        "np_take_ceiling": _ceiling_summary(ceilings, "np.take"),
         "settings": asdict(settings),
     })
     return {"machine": machine, "results": results, "ceiling_samples_per_s": round(ceiling, 1)}
@@ -145,14 +155,14 @@ def _other_cache_files(manifest: Any, cache_dir: Path) -> list[Path]:
 
 def _interleave(pipelines: list[Pipeline], settings: BenchSettings, image_files: list[str],
                 drop_before_runs: str | None, progress: Progress | None
-                ) -> tuple[dict[str, list[RoundResult]], dict[tuple[int, bool], list[float]]]:
-    steps_per_round = 2 * len(settings.ceiling_processes) + len(pipelines)
+                ) -> tuple[dict[str, list[RoundResult]], dict[tuple[int, str], list[float]]]:
+    steps_per_round = len(SERIES) * len(settings.ceiling_processes) + len(pipelines)
     total = settings.rounds * steps_per_round
     done = 0
     by_name: dict[str, list[RoundResult]] = {p.name: [] for p in pipelines}
-    # (processes, with the consumer's copy) -> rates; see ceiling.RowGatherer.
-    ceilings: dict[tuple[int, bool], list[float]] = {
-        (n, copy): [] for copy in (False, True) for n in settings.ceiling_processes}
+    # (processes, series) -> rates; see SERIES and ceiling.RowGatherer.
+    ceilings: dict[tuple[int, str], list[float]] = {
+        (n, series): [] for series in SERIES for n in settings.ceiling_processes}
 
     def step(label: str) -> None:
         nonlocal done
@@ -164,11 +174,12 @@ def _interleave(pipelines: list[Pipeline], settings: BenchSettings, image_files:
         if settings.cold:
             # The ceiling is a memory-bandwidth figure by definition: measure it on warm pages.
             warm_files(map(Path, image_files))
-        for processes, copy in ceilings:
-            ceilings[processes, copy].append(
+        for processes, series in ceilings:
+            copy, method = SERIES[series]
+            ceilings[processes, series].append(
                 measure_ceiling(image_files, settings.batch_size, settings.seconds, processes,
-                                seed=round_index, consumer_copy=copy).samples_per_s)
-            step(f"round {round_index + 1}: ceiling{' + consumer copy' if copy else ''}, {processes} process(es)")
+                                seed=round_index, consumer_copy=copy, method=method).samples_per_s)
+            step(f"round {round_index + 1}: {series}, {processes} process(es)")
         for pipeline in pipelines:
             if drop_before_runs is not None:
                 drop_page_cache(drop_before_runs)
@@ -179,10 +190,10 @@ def _interleave(pipelines: list[Pipeline], settings: BenchSettings, image_files:
     return by_name, ceilings
 
 
-def _ceiling_summary(ceilings: dict[tuple[int, bool], list[float]], copy: bool) -> dict[str, dict[str, float]]:
+def _ceiling_summary(ceilings: dict[tuple[int, str], list[float]], series: str) -> dict[str, dict[str, float]]:
     return {f"{n}_process{'es' if n > 1 else ''}": {"samples_per_s": round(statistics.median(r), 1),
                                                     "min": round(min(r), 1), "max": round(max(r), 1)}
-            for (n, with_copy), r in ceilings.items() if with_copy == copy}
+            for (n, name), r in ceilings.items() if name == series}
 
 
 def _max_mb(values: list[int | None]) -> float | None:
@@ -191,7 +202,7 @@ def _max_mb(values: list[int | None]) -> float | None:
 
 
 def _summarize(pipelines: list[Pipeline], rounds_by_name: dict[str, list[RoundResult]],
-               ceiling: float, copy_bound: float) -> list[dict[str, Any]]:
+               ceiling: float, copy_bound: float, take_ceiling: float) -> list[dict[str, Any]]:
     medians = {name: statistics.median(r.samples_per_s for r in rounds) for name, rounds in rounds_by_name.items()}
     baseline = medians[BASELINE]
     results = []
@@ -210,6 +221,7 @@ def _summarize(pipelines: list[Pipeline], rounds_by_name: dict[str, list[RoundRe
             "ratio_to_baseline": round(median / baseline, 3),
             "share_of_ceiling": round(median / ceiling, 4),
             "share_of_copy_bound": round(median / copy_bound, 4),
+            "share_of_np_take_ceiling": round(median / take_ceiling, 4),
             "read_mb_per_s": round(median * pipeline.read_bytes_per_sample / 1e6, 1),
             "read_bytes_per_sample": round(pipeline.read_bytes_per_sample),
             "cpu_cores": round(statistics.mean(r.cpu_seconds / r.seconds for r in rounds), 2),

@@ -21,7 +21,7 @@ def render(report: dict[str, Any], console: Console) -> None:
                          f"{settings['workers']} worker(s), {settings['rounds']} round(s) x {settings['seconds']} s"))
     table.add_column("pipeline", no_wrap=True)
     for header in ("workers", "samples/s", "min-max", "read MB/s", "CPU cores", "peak RSS MB", "PSS MB",
-                   "x baseline", "% of ceiling", "% of copy bound", "other load"):
+                   "x baseline", "% of ceiling", "% of copy bound", "% of np.take", "other load"):
         table.add_column(header, justify="right")
     for row in report["results"]:
         table.add_row(
@@ -30,7 +30,7 @@ def render(report: dict[str, Any], console: Console) -> None:
             f"{row['read_mb_per_s']:,.1f}", f"{row['cpu_cores']:.2f}", f"{row['peak_rss_mb']:,.0f}",
             "-" if row["pss_mb"] is None else f"{row['pss_mb']:,.0f}",
             f"{row['ratio_to_baseline']:.2f}", f"{100 * row['share_of_ceiling']:.1f}",
-            f"{100 * row['share_of_copy_bound']:.1f}",
+            f"{100 * row['share_of_copy_bound']:.1f}", f"{100 * row['share_of_np_take_ceiling']:.1f}",
             f"{row['other_load_cores']:.2f}",
         )
     console.print(table)
@@ -41,6 +41,10 @@ def render(report: dict[str, Any], console: Console) -> None:
     if bounds:
         console.print("copy bound (the same gathers + the consumer's copy, the most any row can reach): "
                       + ", ".join(f"{name.replace('_', ' ')}: {c['samples_per_s']:,.0f}/s" for name, c in bounds.items()))
+    takes = machine.get("np_take_ceiling", {})
+    if takes:
+        console.print("np.take gathers (the anchor figures' method; a reference, not a bound): "
+                      + ", ".join(f"{name.replace('_', ' ')}: {c['samples_per_s']:,.0f}/s" for name, c in takes.items()))
     console.print(f"page cache: {machine['page_cache_note']}")
     console.print(f"baseline JPEGs: {machine['data']['jpeg_source']}")
     console.print(f"machine: {machine['cpu']}, {machine['usable_cpus']} usable CPU(s), "
