@@ -17,10 +17,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
+from rich.console import Console
 from tokenizers import Tokenizer
 
 from vlpipe.bench import bench_dataloader
 from vlpipe.bench.pipelines import SeedDataset, SeedTransform
+from vlpipe.bench.report import render
 from vlpipe.bench.sources import prepare_source
 from vlpipe.bench.system import drop_page_cache
 from vlpipe.cache.format import DEFAULT_MEAN, DEFAULT_STD, load_manifest
@@ -139,6 +141,14 @@ def test_bench_dataloader_short_run_reports_every_pipeline(tiny: tuple[Path, Pat
     assert report["machine"]["page_cache"] == "warm"
     assert "extracted from" in report["machine"]["data"]["jpeg_source"]
     assert all(len(r["samples_per_s_rounds"]) == 2 for r in report["results"])
+    # The table fits a 100-column terminal: every figure whole, nothing cropped.
+    console = Console(width=100, record=True)
+    render(report, console)
+    text = console.export_text()
+    assert "…" not in text
+    for row in report["results"]:
+        assert row["pipeline"] in text and f"{row['samples_per_s']:,.0f}" in text
+        assert f"{100 * row['share_of_np_take_ceiling']:.1f}" in text and f"{row['other_load_cores']:.2f}" in text
 
 
 def test_cli_json_without_source_and_cold_not_permitted(tiny: tuple[Path, Path], tmp_path: Path) -> None:
