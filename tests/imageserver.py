@@ -152,6 +152,7 @@ class ImageServer:
         # Built up front: a handler busy encoding images could exceed a client's short timeout.
         self._bodies = {name: factory() for name, (factory, _) in IMAGES.items()}
         self.requests: list[str] = []
+        self.ranges: list[str] = []  # the Range header of every ranged-endpoint request ("" when absent)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         scheme = "http"
@@ -226,6 +227,7 @@ class ImageServer:
             def send_ranged(self, body: bytes) -> None:
                 # Enough of RFC 7233 ("bytes=N-") to test resumable list downloads.
                 header = self.headers.get("Range", "")
+                server.ranges.append(header)
                 if header.startswith("bytes=") and header.endswith("-"):
                     start = int(header[6:-1])
                     if start >= len(body):

@@ -90,6 +90,7 @@ def test_download_resumes_partial_file(tmp_path: Path) -> None:
         dest.with_name("list.tsv.part").write_bytes(full[:100])
         assert download_file(url, dest).read_bytes() == full
         assert server.requests == ["/list.tsv"]
+        assert server.ranges == ["bytes=100-"]  # only the missing tail was asked for
         download_file(url, dest)  # kept: not fetched again
         assert server.requests == ["/list.tsv"]
         # resolve_list names the copy after the URL's hash, so lists with equal names do not collide.

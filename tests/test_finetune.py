@@ -148,7 +148,12 @@ def test_seeds_summary_and_exact_resume(caches, tmp_path):
         finetune(_config(memes, tmp_path / "cut", seeds=(0, 1)), on_step=crash)
     with pytest.raises(VlpipeError, match="--resume"):
         finetune(_config(memes, tmp_path / "cut", seeds=(0, 1)))
-    resumed = finetune(_config(memes, tmp_path / "cut", seeds=(0, 1), resume=True))
+    steps: list[tuple[int, int]] = []
+    resumed = finetune(_config(memes, tmp_path / "cut", seeds=(0, 1), resume=True),
+                       on_step=lambda seed, step: steps.append((seed, step)))
+    # A true resume: the finished seed takes no step, seed 1 goes on after its epoch-1 checkpoint
+    # (a rerun from scratch would give the same figures, since training is deterministic).
+    assert steps[0] == (1, 13) and all(seed == 1 for seed, _ in steps)
     for seed in ("0", "1"):
         assert resumed.summary["runs"][seed]["metrics"] == s["runs"][seed]["metrics"]
         a = load_file(tmp_path / "full" / f"seed-{seed}" / "best.safetensors")
