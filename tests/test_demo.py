@@ -51,10 +51,15 @@ def test_server_serves_the_images_and_the_broken_urls(tmp_path: Path) -> None:
     assert [url.split(":", 2)[2].split("/", 1)[1] for _, url in rows] == [p.lstrip("/") for p in BROKEN]
 
 
-@pytest.mark.parametrize("change", [{"size": 50}, {"steps": 0}, {"image_size": 60, "patch_size": 16}])
-def test_config_rejects_impossible_settings(change: dict, tmp_path: Path) -> None:
-    with pytest.raises(VlpipeError):
+@pytest.mark.parametrize(("change", "message"), [
+    ({"size": 50}, "--size 50"), ({"steps": 0}, "--steps"), ({"image_size": 60, "patch_size": 16}, "not a multiple"),
+    ({"patch_size": 0}, "--patch-size must be positive"), ({"image_size": -64}, "--image-size must be positive"),
+    ({"lr": 0.0}, "--lr must be positive"), ({"bench_seconds": 0.0}, "--bench-seconds"),
+])
+def test_config_rejects_impossible_settings(change: dict, message: str, tmp_path: Path) -> None:
+    with pytest.raises(VlpipeError, match=message):
         run_demo(DemoConfig(out=str(tmp_path), live=False, **change))
+    assert not any(tmp_path.iterdir())  # refused before anything was written
 
 
 def test_refuses_to_clear_a_folder_that_is_not_its_own(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ and calls a library function with the same name and options.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import click
@@ -19,7 +20,7 @@ from vlpipe.errors import VlpipeError
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "fetch": ("vlpipe.cli.fetch", "fetch", "Download image-text pairs with img2dataset; drop and explain broken images."),
     "build-cache": ("vlpipe.cli.cache", "build_cache", "Tokenize and patchify once into a memory-mapped cache."),
-    "cache": ("vlpipe.cli.cache", "cache", "Inspect a cache: verify checksums, show info, draw a contact sheet."),
+    "cache": ("vlpipe.cli.cache", "cache", "Inspect a cache: verify checksums; show its info and a contact sheet (info --grid)."),
     "train": ("vlpipe.cli.train", "train", "Pretrain (MLM, alignment, MIM) or fine-tune on a cache."),
     "plot": ("vlpipe.cli.train", "plot", "Redraw the loss/accuracy plots of a run directory."),
     "report": ("vlpipe.cli.train", "report", "Compare fine-tuning runs: mean ± std over seeds, as Markdown and PNG."),
@@ -74,11 +75,25 @@ def main(argv: list[str] | None = None) -> None:
     except VlpipeError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
+    except OSError as exc:
+        # The machine said no (permissions, a read-only or full disk, a file where a folder should
+        # be): the user's to fix, so one line naming the path. VLPIPE_DEBUG=1 shows the traceback.
+        if os.environ.get("VLPIPE_DEBUG"):
+            raise
+        click.echo(f"error: {describe_os_error(exc)}", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
     # Non-standalone click returns the exit code of `ctx.exit(n)`; commands themselves return None.
     sys.exit(rc if isinstance(rc, int) else 0)
+
+
+def describe_os_error(exc: OSError) -> str:
+    """`PATH: reason` (both paths for a failed rename), without Python's `[Errno N]` prefix."""
+    reason = exc.strerror or str(exc)
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    return f"{' -> '.join(paths)}: {reason}" if paths else reason
 
 
 if __name__ == "__main__":

@@ -69,6 +69,15 @@ class DemoConfig:
             raise VlpipeError(f"--size {self.size}: the demo needs at least 200 samples for a validation split")
         if self.steps < 1 or self.batch_size < 2 or self.processes < 1:
             raise VlpipeError("--steps and --processes must be >= 1 and --batch-size >= 2")
+        # Checked here, before minutes of drawing and fetching, not by the stage that first uses them.
+        for name, value in (("--image-size", self.image_size), ("--patch-size", self.patch_size)):
+            if value < 1:
+                raise VlpipeError(f"{name} must be positive, got {value}")
+        if not self.lr > 0:
+            raise VlpipeError(f"--lr must be positive, got {self.lr}")
+        if not self.bench_seconds > 0 or self.bench_rounds < 1:
+            raise VlpipeError(f"--bench-seconds must be positive and --bench-rounds >= 1, "
+                              f"got {self.bench_seconds} and {self.bench_rounds}")
         if self.image_size % self.patch_size:
             raise VlpipeError(f"--image-size {self.image_size} is not a multiple of --patch-size {self.patch_size}")
 

@@ -39,7 +39,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
                 os.fsync(fh.fileno())
         os.replace(tmp, final)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+        # OSError, not only FileNotFoundError: on a read-only or full disk the cleanup fails too,
+        # and its error must not bury the one that matters.
+        with contextlib.suppress(OSError):
             tmp.unlink()
         raise
 
