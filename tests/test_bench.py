@@ -175,6 +175,10 @@ def test_bad_arguments_are_user_errors(tiny: tuple[Path, Path]) -> None:
         bench_dataloader(cache, batch_size=1000)
     with pytest.raises(VlpipeError, match="unknown vlpipe mode"):
         bench_dataloader(cache, batch_size=4, modes=["gpu"])
+    with pytest.raises(VlpipeError, match="--modes is empty"):
+        bench_dataloader(cache, batch_size=4, modes=[])
+    with pytest.raises(VlpipeError, match="--workers 0 runs only vlpipe's inline mode"):
+        bench_dataloader(cache, batch_size=4, workers=0, modes=["threads"])
 
 
 def test_sources_extract_whole_shards_up_to_the_cap_or_reencode_the_cache(tiny: tuple[Path, Path],

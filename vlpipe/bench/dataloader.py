@@ -147,6 +147,11 @@ def _check_arguments(num_samples: int, batch_size: int, workers: int, seconds: f
     unknown = [m for m in modes if m not in VLPIPE_MODES]
     if unknown:
         raise VlpipeError(f"unknown vlpipe mode(s) {', '.join(unknown)}; choose from {', '.join(VLPIPE_MODES)}")
+    if not modes:
+        raise VlpipeError(f"--modes is empty: give one or more of {', '.join(VLPIPE_MODES)}")
+    if workers == 0 and "inline" not in modes:
+        # Otherwise the run would quietly measure the baselines alone.
+        raise VlpipeError(f"--workers 0 runs only vlpipe's inline mode, and --modes {','.join(modes)} leaves it out")
 
 
 def _other_cache_files(manifest: Any, cache_dir: Path) -> list[Path]:

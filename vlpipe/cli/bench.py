@@ -23,7 +23,8 @@ def bench() -> None:
 @click.option("--workers", type=int, default=None,
               help="Worker processes for the baselines and vlpipe's processes mode (equal cores); vlpipe's "
                    "threads mode starts one thread fewer, as its consuming thread gathers too. "
-                   "Default: all usable CPUs.")
+                   "0 loads everything in the calling process (baselines with num_workers=0, vlpipe "
+                   "inline mode only). Default: all usable CPUs.")
 @click.option("--seconds", default=5.0, show_default=True, help="Timed seconds per pipeline per round.")
 @click.option("--rounds", default=3, show_default=True,
               help="Interleaved rounds (A B C A B C ...); rows report the median and min-max.")
