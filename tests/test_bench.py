@@ -196,3 +196,35 @@ def test_sources_extract_whole_shards_up_to_the_cap_or_reencode_the_cache(tiny: 
     with Image.open(reencoded.jpeg_paths[0]) as img:
         assert img.format == "JPEG" and img.size == (IMAGE_SIZE, IMAGE_SIZE)
     assert reencoded.jpeg_bytes_per_sample > 0 and reencoded.shard_bytes_per_sample > reencoded.jpeg_bytes_per_sample
+
+
+@pytest.mark.parametrize(("file", "message"), [
+    ("images.npy", r"images.npy: 100 bytes but the manifest records \d+ \(truncated"),
+    ("meta.parquet", r"meta.parquet: 100 bytes but the manifest records \d+ \(truncated"),
+])
+def test_reencoding_a_damaged_cache_is_a_one_line_error(tiny: tuple[Path, Path], tmp_path: Path, file: str,
+                                                        message: str) -> None:
+    import shutil
+
+    cache, _ = tiny
+    damaged = tmp_path / "cache"
+    shutil.copytree(cache, damaged)
+    path = damaged / "shards" / "00000" / file
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(VlpipeError, match=message) as info:
+        prepare_source(load_manifest(damaged), damaged, None, tmp_path / "work", max_samples=100)
+    assert "\n" not in str(info.value)
+
+
+def test_reencoding_a_cache_with_a_garbage_npy_header_is_a_one_line_error(tiny: tuple[Path, Path],
+                                                                          tmp_path: Path) -> None:
+    import shutil
+
+    cache, _ = tiny
+    damaged = tmp_path / "cache"
+    shutil.copytree(cache, damaged)
+    path = damaged / "shards" / "00000" / "images.npy"
+    path.write_bytes(b"\x93NUMPY\x01\x00" + b"\xff" * (path.stat().st_size - 8))  # size kept, header garbage
+    with pytest.raises(VlpipeError, match=r"images.npy: not a readable .npy file") as info:
+        prepare_source(load_manifest(damaged), damaged, None, tmp_path / "work", max_samples=100)
+    assert "\n" not in str(info.value)

@@ -290,3 +290,37 @@ def test_food101_header_tolerated_and_bad_rows_refused(tmp_path):
     train.write_bytes(b"pizza_1.jpg,caf\xe9,pizza\n")
     with pytest.raises(VlpipeError, match=r"train_titles.csv: not a readable UTF-8 CSV file"):
         open_downstream(src, "food101")
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ('image,text,labels\np0.png,a photo,"[1,2"\np1.png,"a red\n', r"d.csv:3: unterminated quoted field"),
+    ("image,text,labels\np0.png,a photo,[1,2\n", r"d.csv:2: expected 3 fields, got 4"),
+    ("image,text,labels\np0.png,a photo,cat,extra\n", r"d.csv:2: expected 3 fields, got 4"),
+])
+def test_generic_malformed_csv_rows_are_refused(tmp_path, content, message):
+    generic_images(tmp_path / "g", 2)
+    (tmp_path / "g" / "d.csv").write_text(content)
+    with pytest.raises(VlpipeError, match=message) as info:
+        build_cache(tmp_path / "g" / "d.csv", tmp_path / "cache", label_column="labels", multi_label=True, **OPTS)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_food101_quoted_title_spanning_lines_is_kept_and_unterminated_quote_refused(tmp_path):
+    src = food(tmp_path / "food")
+    train = src / "texts" / "train_titles.csv"
+    lines = train.read_bytes().split(b"\r\n")  # csv.writer ends rows with \r\n
+    lines[0] = lines[0].split(b",")[0] + b',"pizza\r\nal taglio, with \xe2\x80\xa8 and \x0c",pizza'
+    train.write_bytes(b"\r\n".join(lines))
+    source = open_downstream(src, "food101")
+    rows = [r for s in source.shards for r in s.rows]
+    assert len(rows) == 14 and rows[0][2] == "pizza\r\nal taglio, with \u2028 and \f"
+    assert rows[1][0].startswith("train/pizza/pizza_1")
+
+    # Unclosed, the quote would swallow every later row into one title.
+    train.write_bytes(b"\r\n".join([*lines[:3], b'pizza_8.jpg,"never closed,pizza', *lines[3:]]))
+    with pytest.raises(VlpipeError, match=r"train_titles.csv:5: malformed CSV record .*must be closed"):
+        open_downstream(src, "food101")
+    train.write_bytes(b"\r\n".join([*lines, b'pizza_8.jpg,"never closed,pizza\r\n']))
+    with pytest.raises(VlpipeError, match=r"train_titles.csv:15: unterminated quoted field"):
+        open_downstream(src, "food101")

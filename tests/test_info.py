@@ -79,3 +79,54 @@ def test_labels_row_summarizes_a_downstream_cache(tmp_path):
     rows = dict(cache_info(tmp_path / "cache"))
     assert rows["labels"] == "binary, 2 labels (not_hateful, hateful); 3 unlabeled test"
     assert rows["splits"] == "train 6, val 1, test 3"
+
+
+def _damaged(built, tmp_path, file: str, data: bytes | None = None, keep_size: bool = False):
+    """A copy of the built cache with one shard file replaced by `data` (padded to its old size if asked)."""
+    import shutil
+
+    _, out = built
+    copy = tmp_path / "damaged"
+    shutil.copytree(out, copy)
+    path = copy / "shards" / "00000" / file
+    if data is None:
+        data = path.read_bytes()[:100]
+    if keep_size:
+        data = (data * (path.stat().st_size // len(data) + 1))[: path.stat().st_size]
+    path.write_bytes(data)
+    return copy
+
+
+@pytest.mark.parametrize(("file", "data", "keep_size", "message"), [
+    ("images.npy", None, False, r"images.npy: 100 bytes but the manifest records \d+ \(truncated"),
+    # same size as recorded, so only parsing the header finds it
+    ("images.npy", b"\x93NUMPY\x01\x00", True, r"images.npy: not a readable .npy file"),
+    ("meta.parquet", b"garbage!", False, r"meta.parquet: 8 bytes but the manifest records"),
+    ("meta.parquet", b"garbage!", True, r"meta.parquet: not a readable parquet file"),
+])
+def test_contact_sheet_of_a_damaged_cache_is_a_one_line_error(built, tmp_path, capsys, file, data, keep_size,
+                                                               message):
+    cache = _damaged(built, tmp_path, file, data, keep_size)
+    with pytest.raises(VlpipeError, match=message) as info:
+        contact_sheet(cache, tmp_path / "g.png", n=9)
+    assert "\n" not in str(info.value) and not (tmp_path / "g.png").exists()
+    code, _, err = run_cli(["cache", "info", str(cache), "--grid", str(tmp_path / "g.png")], capsys)
+    assert code == 1 and err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_contact_sheet_refuses_a_shard_path_outside_the_cache(built, tmp_path):
+    import json
+
+    cache = _damaged(built, tmp_path, "tokens.npy")
+    manifest = json.loads((cache / "manifest.json").read_text())
+    manifest["shards"][0]["files"]["images"]["path"] = "../../../etc/passwd"
+    (cache / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(VlpipeError, match=r"manifest.json: shard 00000 lists images file '../../../etc/passwd', "
+                                          "which is outside the cache"):
+        contact_sheet(cache, tmp_path / "g.png", n=9)
+
+
+def test_info_with_bad_n_prints_only_the_error(built, tmp_path, capsys):
+    _, out = built
+    code, stdout, err = run_cli(["cache", "info", str(out), "--grid", str(tmp_path / "g.png"), "--n", "0"], capsys)
+    assert code == 1 and stdout == "" and err == "error: --n 0 must be at least 1\n"

@@ -108,3 +108,47 @@ def test_missing_or_unrecognised_src(tmp_path):
     (tmp_path / "notes.md").write_text("hi")
     with pytest.raises(VlpipeError, match="no input found"):
         open_source(tmp_path)
+
+
+def _two_images(folder):
+    for i in range(2):
+        (folder / f"im{i}.jpg").write_bytes(cachegen.photo_items(1, i)[0].data)
+
+
+@pytest.mark.parametrize(("name", "content", "first_caption"), [
+    # U+2028 and form feed are line breaks to str.splitlines(), but valid characters in a caption.
+    ("c.jsonl", '{"image": "im0.jpg", "caption": "a\u2028b"}\r\n{"image": "im1.jpg", "caption": "two"}\r\n',
+     "a\u2028b"),
+    ("c.tsv", "image\tcaption\nim0.jpg\tform\ffeed\u2028and more\nim1.jpg\ttwo\n", "form\ffeed\u2028and more"),
+    # TSV has no quoting: a caption that starts with a quote is taken as written.
+    ("c.tsv", 'image\tcaption\r\nim0.jpg\t"Twilight" poster\r\nim1.jpg\ttwo\r\n', '"Twilight" poster'),
+    # A quoted CSV field may hold a line break, kept byte for byte (no "\r\n" -> "\n" translation).
+    ("c.csv", 'image,caption\r\nim0.jpg,"multi\r\nline caption"\r\nim1.jpg,two\r\n', "multi\r\nline caption"),
+    ("c.csv", '\ufeffimage,caption\nim0.jpg,"a ""quoted"" word, and a comma"\n\nim1.jpg,two\n',
+     'a "quoted" word, and a comma'),
+])
+def test_captions_with_line_break_characters_are_kept_whole(tmp_path, name, content, first_caption):
+    _two_images(tmp_path)
+    (tmp_path / name).write_bytes(content.encode("utf-8"))
+    source = open_source(tmp_path / name)
+    samples = [s for shard in source.shards for s in iter_samples(shard)]
+    assert [(s.key, s.caption) for s in samples] == [("im0", first_caption), ("im1", "two")]
+    assert all(isinstance(s, Sample) for s in samples)
+
+
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("c.csv", 'image,caption\nim1.jpg,fine\nim0.jpg,"a red\n', r"c.csv:3: unterminated quoted field"),
+    # the error names the line a record starts on, counting the lines of a multi-line record before it
+    ("c.csv", 'image,caption\nim0.jpg,"two\nlines"\nim1.jpg,"a red\nstill open\n', r"c.csv:4: unterminated quoted"),
+    ("c.tsv", "image\tcaption\nim0.jpg\tok\textra\tmore\n", r"c.tsv:2: expected 2 fields, got 4"),
+    ("c.csv", "image,caption\nim0.jpg\n", r"c.csv:2: expected 2 fields, got 1"),
+    ("c.csv", "image,label,caption\nim0.jpg,[1,2,a caption\n", r"c.csv:2: expected 3 fields, got 4"),
+    ("c.csv", 'image,caption\nim0.jpg,"quoted" then text\n', r"c.csv:2: malformed CSV record \(',' expected after"),
+    ("c.jsonl", '{"image": "im0.jpg", "caption": "x"}\n\n{"image": \n', r"c.jsonl:3: malformed JSON"),
+])
+def test_malformed_caption_records_are_errors_naming_the_line(tmp_path, name, content, message):
+    _two_images(tmp_path)
+    (tmp_path / name).write_text(content, newline="")
+    with pytest.raises(VlpipeError, match=message) as info:
+        open_source(tmp_path / name)
+    assert "\n" not in str(info.value)

@@ -225,3 +225,56 @@ def test_nothing_decodable_is_an_error_not_an_empty_cache(tmp_path):
     with pytest.raises(VlpipeError, match=r"no sample could be cached \(3 undecodable\); see .*skipped.parquet"):
         build_cache(src, tmp_path / "cache", processes=1, **OPTS)
     assert not (tmp_path / "cache/manifest.json").exists()
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("nothere.json", "nothere.json: tokenizer file not found"),
+    ("wordpiece:abc", "expected wordpiece:N"),
+    ("bad.json", "bad.json: not a valid HF tokenizers tokenizer.json"),
+    ("empty-captions", "no captions to train on"),
+])
+def test_bad_tokenizer_leaves_no_output_that_blocks_the_fix(tmp_path, monkeypatch, spec, message):
+    monkeypatch.chdir(tmp_path)
+    Path("bad.json").write_text('{"version": "1.0", "model": ')
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    items = cachegen.photo_items(3)
+    for it in items:
+        (folder / f"{it.key}.jpg").write_bytes(it.data)
+    # wordpiece:N fails only once the captions are read: none of these rows has one.
+    captions = [{"image": f"{it.key}.jpg", "caption": "" if spec == "empty-captions" else it.caption} for it in items]
+    (folder / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in captions))
+    out = tmp_path / "q1"
+    with pytest.raises(VlpipeError, match=message) as info:
+        build_cache(folder, out, processes=1, **{**OPTS, "tokenizer": "wordpiece:200" if spec == "empty-captions"
+                                                 else spec})
+    assert "\n" not in str(info.value)
+    assert not out.exists()
+    if spec == "empty-captions":
+        (folder / "captions.jsonl").write_text("".join(
+            json.dumps({"image": f"{it.key}.jpg", "caption": it.caption}) + "\n" for it in items))
+    m = build_cache(folder, out, processes=1, **OPTS)  # the corrected command is not refused
+    assert m.num_samples == 3 and not (out / "build.json").exists()
+
+
+def test_bad_tokenizer_does_not_clear_an_existing_cache_with_overwrite(tmp_path):
+    src = cachegen.write_layout(tmp_path / "src", "files", [cachegen.photo_items(2)])
+    out = tmp_path / "cache"
+    build_cache(src, out, processes=1, **OPTS)
+    before = cache_bytes(out)
+    with pytest.raises(VlpipeError, match="tokenizer file not found"):
+        build_cache(src, out, processes=1, overwrite=True, **{**OPTS, "tokenizer": str(tmp_path / "nothere.json")})
+    assert cache_bytes(out) == before and load_manifest(out).num_samples == 2
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"processes": 0}, "--processes 0 must be at least 1"),
+    ({"processes": -3}, "--processes -3 must be at least 1"),
+    ({"patch_size": -16}, "--patch-size -16 must be at least 1"),
+    ({"patch_size": 0}, "--patch-size 0 must be at least 1"),
+])
+def test_bad_process_and_patch_counts_name_their_option(tmp_path, kwargs, message):
+    src = cachegen.write_layout(tmp_path / "src", "files", [cachegen.photo_items(2)])
+    with pytest.raises(VlpipeError, match=message):
+        build_cache(src, tmp_path / "cache", **{"processes": 1, **OPTS, **kwargs})
+    assert not (tmp_path / "cache").exists()

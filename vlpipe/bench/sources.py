@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 from PIL import Image
 
 from vlpipe.cache.format import Manifest
+from vlpipe.cache.info import shard_captions, shard_images
 from vlpipe.errors import VlpipeError
 from vlpipe.imaging import unpatchify
 
@@ -129,15 +129,17 @@ def _reencode_cache(manifest: Manifest, cache_dir: Path, work_dir: Path, max_sam
     for shard in manifest.shards:
         if len(paths) >= max_samples:
             break
-        images = np.load(shard.path(cache_dir, "images"), mmap_mode="r")
-        shard_captions = pq.read_table(shard.path(cache_dir, "meta"), columns=["caption"])["caption"].to_pylist()
+        # Checked reads: a truncated or garbage shard file is a one-line error naming it, not numpy's
+        # or Arrow's parser error.
+        images = shard_images(manifest, cache_dir, shard)
+        captions_of_shard = shard_captions(cache_dir, shard)
         for row in range(min(shard.num_samples, max_samples - len(paths))):
             buf = io.BytesIO()
             Image.fromarray(unpatchify(np.asarray(images[row]), patch)).save(buf, "JPEG", quality=REENCODE_QUALITY)
             path = out / f"{len(paths):08d}.jpg"
             path.write_bytes(buf.getvalue())
             paths.append(path)
-            captions.append(shard_captions[row])
+            captions.append(captions_of_shard[row])
     shard_paths, shard_bytes = _write_tars(paths, captions, tars)
     return JpegSource(
         jpeg_paths=paths, captions=captions, shard_paths=shard_paths,

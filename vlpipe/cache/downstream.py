@@ -13,8 +13,6 @@ test split, duplicate id) are skipped with a reason and land in skipped.parquet.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 from collections import Counter
@@ -28,8 +26,10 @@ from vlpipe.cache.sources import (
     IMAGE_COLUMN_CANDIDATES,
     Source,
     SourceShard,
+    _csv_records,
     _pick_column,
     _read_rows,
+    _read_text,
 )
 from vlpipe.errors import VlpipeError
 
@@ -204,13 +204,13 @@ def _food_rows(root: Path) -> list[RawRow]:
                 raise VlpipeError(f"{root}: no train_titles.csv (looked in {root} and {root / 'texts'})")
             continue
         try:
-            reader = csv.reader(io.StringIO(path.read_text(encoding="utf-8-sig"), newline=""))
-            # line_num after each row is the file line where that row ends (text may span lines).
-            lines = [(reader.line_num, cells) for cells in reader]
-        except (UnicodeDecodeError, csv.Error) as exc:
+            # Line endings untouched (a title's quoted "\r\n" stays as written); records split by the
+            # csv module, each numbered by the line it starts on; an unterminated quote is an error.
+            lines = list(_csv_records(path, _read_text(path)))
+        except UnicodeDecodeError as exc:
             raise VlpipeError(f"{path}: not a readable UTF-8 CSV file ({exc})") from None
         for lineno, cells in lines:
-            if not cells or (lineno == 1 and cells[0].strip().lower() in ("image_name", "image", "img")):
+            if lineno == 1 and cells[0].strip().lower() in ("image_name", "image", "img"):
                 continue  # the original files have no header; tolerate one
             if len(cells) < 3:
                 raise VlpipeError(f"{path}:{lineno}: expected image_name,text,label; found {len(cells)} column(s)")

@@ -11,9 +11,10 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vlpipe.cache.format import Manifest, load_manifest
+from vlpipe.cache.format import MANIFEST, Manifest, ShardEntry, load_manifest
 from vlpipe.errors import VlpipeError
 from vlpipe.imaging import unpatchify
 from vlpipe.utils.atomic import atomic_path
@@ -51,19 +52,70 @@ def _labels_line(labels: dict | None) -> str:
     return f"{labels['task']}, {labels['num_labels']} labels ({shown}){unlabeled}"
 
 
+def _one_line(exc: BaseException) -> str:
+    """numpy and Arrow explain some failures over several lines; the CLI's error is one line."""
+    return " ".join(str(exc).split())
+
+
+def shard_file(cache_dir: Path, shard: ShardEntry, kind: str) -> Path:
+    """The path of one of `shard`'s files, refused unless it is inside the cache and has the recorded size.
+
+    A wrong size is the cheap tell of a truncated copy; catching it here gives a one-line error
+    naming the file instead of numpy's or Arrow's parser error halfway through a read.
+    """
+    root = Path(cache_dir).resolve()
+    path = shard.path(cache_dir, kind)
+    if not path.resolve().is_relative_to(root):
+        raise VlpipeError(f"{Path(cache_dir) / MANIFEST}: shard {shard.name} lists {kind} file "
+                          f"{shard.files[kind].path!r}, which is outside the cache")
+    try:
+        size = path.stat().st_size
+    except OSError:
+        raise VlpipeError(f"{path}: file is missing; the cache is damaged (run `vlpipe cache verify`)") from None
+    if size != shard.files[kind].bytes:
+        raise VlpipeError(f"{path}: {size} bytes but the manifest records {shard.files[kind].bytes} "
+                          "(truncated or modified; run `vlpipe cache verify` and rebuild the cache)")
+    return path
+
+
+def shard_images(m: Manifest, cache_dir: Path, shard: ShardEntry) -> np.ndarray:
+    """A shard's images.npy memory-mapped (never unpickled), checked against the manifest's shape."""
+    path = shard_file(cache_dir, shard, "images")
+    try:
+        images = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise VlpipeError(f"{path}: not a readable .npy file ({_one_line(exc)})") from None
+    shape = (shard.num_samples, m.image.num_patches, m.image.patch_dim)
+    if images.dtype != np.uint8 or images.shape != shape:
+        raise VlpipeError(f"{path}: array is {images.dtype}{list(images.shape)}, expected uint8{list(shape)} "
+                          "from the manifest")
+    return images
+
+
+def shard_captions(cache_dir: Path, shard: ShardEntry) -> list[str]:
+    """A shard's captions from meta.parquet, one per sample (checked, so rows cannot shift)."""
+    path = shard_file(cache_dir, shard, "meta")
+    try:
+        captions = pq.read_table(path, columns=["caption"]).column(0).to_pylist()
+    except (pa.ArrowException, OSError) as exc:
+        raise VlpipeError(f"{path}: not a readable parquet file with a caption column ({_one_line(exc)})") from None
+    if len(captions) != shard.num_samples:
+        raise VlpipeError(f"{path}: {len(captions)} rows, manifest says {shard.num_samples}")
+    return captions
+
+
 def sample_rows(m: Manifest, cache_dir: Path, indices: list[int]) -> list[tuple[np.ndarray, str]]:
     """(H, W, 3) image and caption for global sample indices, read through the memmaps."""
     offsets = m.shard_offsets()
-    captions: dict[int, list[str]] = {}
+    opened: dict[int, tuple[np.ndarray, list[str]]] = {}
     out: list[tuple[np.ndarray, str]] = []
     for index in indices:
         k = int(np.searchsorted(offsets, index, side="right")) - 1
         shard, row = m.shards[k], index - offsets[k]
-        patches = np.load(shard.path(cache_dir, "images"), mmap_mode="r")[row]
-        if k not in captions:
-            captions[k] = pq.read_table(shard.path(cache_dir, "meta"), columns=["caption"]).column(0).to_pylist()
-        caption = captions[k][row]
-        out.append((unpatchify(np.asarray(patches), m.image.patch_size), caption))
+        if k not in opened:
+            opened[k] = (shard_images(m, cache_dir, shard), shard_captions(cache_dir, shard))
+        images, captions = opened[k]
+        out.append((unpatchify(np.asarray(images[row]), m.image.patch_size), captions[row]))
     return out
 
 

@@ -49,6 +49,7 @@ from vlpipe.cache.shard import SKIP_FIELDS, BuildOptions, ShardTask, build_shard
 from vlpipe.cache.sources import Source, iter_captions, open_source
 from vlpipe.errors import VlpipeError
 from vlpipe.text import TextTokenizer, load_tokenizer
+from vlpipe.text.specs import _wordpiece_size
 from vlpipe.utils.atomic import TMP_PREFIX, atomic_path, sha256_file, write_json_atomic
 
 # Written when a build starts; lets a rerun check it resumes the same build (same source, options).
@@ -88,19 +89,34 @@ def build_cache(
                            caption_column=caption_column, jpeg_draft=jpeg_draft, format=format,
                            label_column=label_column, multi_label=multi_label, split_column=split_column)
     _check_options(options)
+    if processes is not None and processes < 1:
+        raise VlpipeError(f"--processes {processes} must be at least 1")
+    # Before --out is touched: a bad --tokenizer found only after build.json is written would leave
+    # an unfinished build that refuses the corrected command (other options) without --overwrite.
+    given = _check_tokenizer(options.tokenizer)
     console = Console(stderr=True, quiet=quiet)
     source = _open(src, options)
     out = Path(out).expanduser().resolve()
     record = {"format": BUILD_FORMAT, "source": str(source.root), "source_format": source.layout,
               "options": options.to_dict()}
+    created = not out.exists()
     existing = _prepare_output(out, record, overwrite)
     if existing is not None:
         console.print(f"[green]{out} is already a complete cache of {source.root}; nothing to do[/green]")
         return existing
-    write_json_atomic(out / BUILD_RECORD, record)
 
     started = time.perf_counter()
-    text = _ensure_tokenizer(out, options, source, console)
+    # Trained (or taken) in memory before the build record exists, for the same reason; a resumed
+    # build reuses its saved tokenizer.json instead.
+    try:
+        fresh = None if (out / TOKENIZER_FILE).is_file() else _new_tokenizer(options, source, console, given)
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only if still empty: never remove anything this build did not create
+        raise
+    write_json_atomic(out / BUILD_RECORD, record)
+    text = _ensure_tokenizer(out, options, fresh)
     names = [shard_name(i) for i in range(len(source.shards))]
     done = {name: rec for name in names if (rec := read_done(out, name)) is not None}
     tasks = [ShardTask(s, n, str(out), options, source.labels) for s, n in zip(source.shards, names, strict=True) if n not in done]
@@ -132,7 +148,9 @@ def _open(src: str | os.PathLike[str], o: BuildOptions) -> Source:
 def _check_options(o: BuildOptions) -> None:
     if o.format not in ("auto", *FORMATS):
         raise VlpipeError(f"--format {o.format!r}: expected auto or one of {', '.join(FORMATS)}")
-    if o.patch_size < 1 or o.image_size < o.patch_size or o.image_size % o.patch_size:
+    if o.patch_size < 1:
+        raise VlpipeError(f"--patch-size {o.patch_size} must be at least 1")
+    if o.image_size < o.patch_size or o.image_size % o.patch_size:
         raise VlpipeError(f"--image-size {o.image_size} must be a positive multiple of --patch-size {o.patch_size}")
     if o.max_len < 2:
         raise VlpipeError(f"--max-len {o.max_len} must be at least 2 (room for [CLS] and [SEP])")
@@ -196,17 +214,33 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
-def _ensure_tokenizer(out: Path, options: BuildOptions, source: Source, console: Console) -> TextTokenizer:
-    """Reuse the build's tokenizer.json on resume (never retrain mid-build); else create and save it."""
+def _check_tokenizer(spec: str) -> TextTokenizer | None:
+    """Fail fast on a bad --tokenizer; returns the tokenizer unless it is trained on the captions.
+
+    A file, bert-uncased or openclip is loaded here (cheap); wordpiece:N only has N checked,
+    since training needs the captions and happens once the source is known to be readable.
+    """
+    if spec.startswith("wordpiece:"):
+        _wordpiece_size(spec)
+        return None
+    return load_tokenizer(spec)
+
+
+def _new_tokenizer(options: BuildOptions, source: Source, console: Console,
+                   given: TextTokenizer | None) -> TextTokenizer:
+    """The tokenizer for a fresh build: `given` (already loaded), or trained on the source's captions."""
+    if given is not None:
+        return given
+    console.print(f"training {options.tokenizer} on the captions of {len(source.shards)} shard(s)")
+    captions = (c for shard in source.shards for c in iter_captions(shard))
+    return load_tokenizer(options.tokenizer, captions)
+
+
+def _ensure_tokenizer(out: Path, options: BuildOptions, fresh: TextTokenizer | None) -> TextTokenizer:
+    """Save `fresh` as the build's tokenizer.json, or reuse the saved one on resume (never retrain mid-build)."""
     path = out / TOKENIZER_FILE
-    if path.is_file():
-        return TextTokenizer.load(path, spec=options.tokenizer)
-    captions = None
-    if options.tokenizer.startswith("wordpiece:"):
-        console.print(f"training {options.tokenizer} on the captions of {len(source.shards)} shard(s)")
-        captions = (c for shard in source.shards for c in iter_captions(shard))
-    tokenizer = load_tokenizer(options.tokenizer, captions)
-    tokenizer.save(path)
+    if fresh is not None:
+        fresh.save(path)
     return TextTokenizer.load(path, spec=options.tokenizer)
 
 

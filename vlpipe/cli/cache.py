@@ -101,7 +101,10 @@ def info(cache_dir: str, grid: str | None, n: int, seed: int) -> None:
     from rich.table import Table
 
     from vlpipe.cache.info import cache_info, contact_sheet
+    from vlpipe.errors import VlpipeError
 
+    if grid is not None and n < 1:  # before the table, so a bad option prints only its error
+        raise VlpipeError(f"--n {n} must be at least 1")
     table = Table(title=str(cache_dir), show_header=False)
     table.add_column(style="bold")
     table.add_column()
