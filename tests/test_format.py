@@ -111,6 +111,11 @@ def test_malformed_json(tmp_path):
          r"missing field 'shards\[0\].files.images.sha256'"),
         (lambda d: d.update(num_samples=99), "num_samples is 99 but the shards hold 6"),
         (lambda d: d.pop("text"), "missing field 'text'"),
+        (lambda d: d["shards"][0]["files"]["images"].update(path="../../../etc/passwd"),
+         r"'shards\[0\].files.images.path' is '../../../etc/passwd', which leaves the cache folder"),
+        (lambda d: d["shards"][1]["files"]["meta"].update(path="/etc/passwd"), "which leaves the cache folder"),
+        (lambda d: d["shards"][1]["files"]["meta"].update(path=""), "which leaves the cache folder"),
+        (lambda d: d["text"].update(tokenizer_file="../tok.json"), "'text.tokenizer_file' is '../tok.json', which"),
     ],
 )
 def test_bad_manifest_names_the_field(tmp_path, mutate, message):

@@ -121,8 +121,9 @@ def test_contact_sheet_refuses_a_shard_path_outside_the_cache(built, tmp_path):
     manifest = json.loads((cache / "manifest.json").read_text())
     manifest["shards"][0]["files"]["images"]["path"] = "../../../etc/passwd"
     (cache / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(VlpipeError, match=r"manifest.json: shard 00000 lists images file '../../../etc/passwd', "
-                                          "which is outside the cache"):
+    # Refused as the manifest is read, before any file is opened.
+    with pytest.raises(VlpipeError, match=r"manifest.json: field 'shards\[0\].files.images.path' is "
+                                          "'../../../etc/passwd', which leaves the cache folder"):
         contact_sheet(cache, tmp_path / "g.png", n=9)
 
 

@@ -64,6 +64,15 @@ def test_missing_file_and_missing_manifest(cache):
     assert "not a complete vlpipe cache" in verify_cache(cache)[0]
 
 
+def test_damaged_tokenizer_and_missing_skip_table_without_checksums(cache):
+    # Every build writes skipped.parquet (empty when nothing was skipped, as here).
+    (cache / "skipped.parquet").unlink()
+    (cache / "tokenizer.json").write_text('{"version": "1.0", "model": ')
+    problems = verify_cache(cache, checksums=False)
+    assert any("tokenizer.json: not a valid HF tokenizers tokenizer.json" in p for p in problems), problems
+    assert problems[-1] == f"{cache / 'skipped.parquet'}: missing"
+
+
 def _rewrite(cache, kind, arr, shard="00000"):
     """Replace an array and update the manifest's size and sha, so only the deep checks can catch it."""
     path = cache / f"shards/{shard}/{kind}.npy"

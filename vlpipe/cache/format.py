@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -161,6 +161,19 @@ class _Fields:
             raise VlpipeError(f"{self.source}: field {self._name(key)!r} has the wrong type")
         return value
 
+    def inside_cache(self, key: str) -> str:
+        """A file path relative to the cache folder, refused if it leads out of it.
+
+        A manifest from someone else must not make the reader, `cache verify` or `cache info`
+        open files elsewhere (an absolute path, or one through `..`).
+        """
+        path = self.get(key, str)
+        pure = PurePosixPath(path)
+        if not pure.parts or pure.is_absolute() or ".." in pure.parts:
+            raise VlpipeError(f"{self.source}: field {self._name(key)!r} is {path!r}, which leaves the cache "
+                              "folder (expected a path inside it, like shards/00000/images.npy)")
+        return path
+
     def sub(self, key: str) -> _Fields:
         return _Fields(self.get(key, dict), self._name(key), self.source)
 
@@ -213,7 +226,7 @@ class TextSpec:
     @classmethod
     def _parse(cls, f: _Fields) -> TextSpec:
         return cls(
-            tokenizer_file=f.get("tokenizer_file", str), tokenizer_sha256=f.get("tokenizer_sha256", str),
+            tokenizer_file=f.inside_cache("tokenizer_file"), tokenizer_sha256=f.get("tokenizer_sha256", str),
             tokenizer_spec=f.get("tokenizer_spec", str), vocab_size=f.get("vocab_size", int),
             max_len=f.get("max_len", int), dtype=f.get("dtype", str), pad_id=f.get("pad_id", int),
             cls_id=f.get("cls_id", int), sep_id=f.get("sep_id", int), mask_id=f.get("mask_id", int),
@@ -229,7 +242,7 @@ class FileEntry:
 
     @classmethod
     def _parse(cls, f: _Fields) -> FileEntry:
-        return cls(path=f.get("path", str), bytes=f.get("bytes", int), sha256=f.get("sha256", str))
+        return cls(path=f.inside_cache("path"), bytes=f.get("bytes", int), sha256=f.get("sha256", str))
 
 
 @dataclass

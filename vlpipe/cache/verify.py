@@ -28,6 +28,7 @@ from vlpipe.cache.format import (
     load_manifest,
 )
 from vlpipe.errors import VlpipeError
+from vlpipe.text import TextTokenizer
 from vlpipe.utils.atomic import sha256_file
 
 CHUNK = 4096  # rows per pass over tokens/lengths, so verify's memory stays flat on any cache size
@@ -50,6 +51,12 @@ def verify_cache(cache_dir: str | os.PathLike[str], *, checksums: bool = True) -
         problems.append(f"{tok}: missing")
     elif checksums and sha256_file(tok) != manifest.text.tokenizer_sha256:
         problems.append(f"{tok}: sha256 differs from the manifest (file modified or corrupt)")
+    else:
+        # Without checksums a damaged tokenizer.json would pass unseen; parsing it costs milliseconds.
+        try:
+            TextTokenizer.load(tok)
+        except VlpipeError as exc:
+            problems.append(str(exc))
     splits = dict.fromkeys(SPLITS, 0)
     counts: dict[str, list[int]] = {}
     unlabeled: Counter[str] = Counter()
@@ -197,8 +204,8 @@ def _check_tokens(path: Path, tokens: np.ndarray, lengths: np.ndarray, m: Manife
 
 def _check_skipped(root: Path, m: Manifest) -> list[str]:
     path = root / SKIPPED_FILE
-    if not path.is_file():
-        return [f"{path}: missing"] if m.skipped else []
+    if not path.is_file():  # every build writes it, an empty table when nothing was skipped
+        return [f"{path}: missing"]
     try:
         rows = pq.read_metadata(path).num_rows
     except (pa.ArrowException, OSError) as exc:
