@@ -108,3 +108,47 @@ def test_mismatched_model_is_a_clear_error(tmp_path):
     (tmp_path / "checkpoints" / "latest.json").write_text('{"checkpoint": "step_99"}')
     with pytest.raises(VlpipeError, match="missing or incomplete"):
         latest_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("pointer", ['[1]', '{"checkpoint": 5}', '{"step": 1}', '{"checkpoint": "../../elsewhere"}',
+                                     '{"checkpoint": "step_00', '\xff'])
+def test_bad_latest_pointer_is_a_clear_error(tmp_path, pointer):
+    model, opt = _trained(0)
+    _save(tmp_path, 1, model, opt)
+    latest = tmp_path / "checkpoints" / "latest.json"
+    latest.write_bytes(pointer.encode("latin-1"))
+    with pytest.raises(VlpipeError, match=r"latest.json is not a valid checkpoint pointer \(") as exc:
+        latest_checkpoint(tmp_path)
+    assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize(("file", "damage", "message"), [
+    ("state.json", lambda p: p.write_text('{"step": 1, '), "state.json: not a valid checkpoint"),
+    ("state.json", lambda p: p.write_text('[1]'), r"state.json: not a valid checkpoint \(expected an object"),
+    ("state.json", lambda p: p.write_text('{"step": 1, "optimizer": {}}'),
+     "optimizer.safetensors: not a valid checkpoint"),
+    ("model.safetensors", lambda p: p.write_bytes(p.read_bytes()[:100]), "model.safetensors: not a valid checkpoint"),
+    ("model.safetensors", lambda p: p.unlink(), "model.safetensors: not a valid checkpoint"),
+    ("teacher.safetensors", lambda p: p.write_bytes(b""), "teacher.safetensors: not a valid checkpoint"),
+    ("optimizer.safetensors", lambda p: p.write_bytes(p.read_bytes()[:-10]),
+     "optimizer.safetensors: not a valid checkpoint"),
+    ("rng.safetensors", lambda p: p.write_bytes(p.read_bytes()[:20]), "rng.safetensors: not a valid checkpoint"),
+])
+def test_damaged_checkpoint_names_the_file(tmp_path, file, damage, message):
+    model, opt = _trained(0)
+    path = _save(tmp_path, 1, model, opt)
+    damage(path / file)
+    fresh, fresh_opt = _trained(1)
+    with pytest.raises(VlpipeError, match=message) as exc:
+        load_checkpoint(path, model=fresh, teacher=fresh, optimizer=fresh_opt)
+    assert "\n" not in str(exc.value)
+
+
+def test_weights_of_another_shape_are_one_line(tmp_path):
+    model, opt = _trained(0)
+    path = _save(tmp_path, 1, model, opt)
+    other = Tied()
+    other.mid = nn.Linear(4, 5)  # same names, other shapes
+    with pytest.raises(VlpipeError, match=r"model.safetensors does not match the model \(.*size mismatch") as exc:
+        load_checkpoint(path, model=other, teacher=None, optimizer=None)
+    assert "\n" not in str(exc.value)

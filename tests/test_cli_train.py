@@ -57,3 +57,109 @@ def test_pretrain_from_config_file_with_flag_override_then_plot(tmp_path, capsys
     (tmp_path / "run" / "plots" / "mlm.png").unlink()
     code, out, _ = _run(["plot", str(tmp_path / "run")], capsys)
     assert code == 0 and "mlm.png" in out and (tmp_path / "run" / "plots" / "mlm.png").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(tmp_path_factory):
+    """An 8-sample captions cache: enough for the checks that only run once a cache is opened."""
+    from vlpipe.cache.writer import build_cache
+    from vlpipe.demo.synth import make_dataset
+
+    root = tmp_path_factory.mktemp("cli-train")
+    captions = make_dataset(root / "src", n=8, seed=2, image_size=32)
+    build_cache(captions, root / "cache", image_size=32, patch_size=8, max_len=16, tokenizer="wordpiece:200",
+                val_fraction=0.25, processes=1, quiet=True)
+    return root / "cache"
+
+
+def _one_error_line(code, err, *needles):
+    assert code == 1 and err.startswith("error: ") and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err, err
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--device", "foo"], "--device foo: expected auto, cpu, cuda or cuda:N"),
+    (["--warmup", "-5"], "warmup must be >= 0"),
+    (["--grad-clip", "-1"], "grad_clip must be >= 0"),
+    (["--min-lr-ratio", "-2"], "min_lr_ratio must be in [0, 1]"),
+    (["--eval-every", "-1"], "eval_every must be >= 0"),
+    (["--ckpt-every", "-1"], "ckpt_every must be >= 0"),
+    (["--task-weights", "foo=1"], "task_weights has unknown task(s) foo"),
+])
+def test_pretrain_flags_out_of_range(tmp_path, capsys, flags, message):
+    code, _, err = _run(["train", "pretrain", "--cache", str(tmp_path), "--out", str(tmp_path / "r"), "--steps", "1",
+                         *flags], capsys)
+    _one_error_line(code, err, message)
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--head-dropout", "2"], "head_dropout must be in [0, 1), got 2.0"),
+    (["--patience", "-1"], "patience must be >= 0 (0 = never stop early), got -1"),
+    (["--device", "cuda:x"], "--device cuda:x: expected auto, cpu, cuda or cuda:N"),
+])
+def test_finetune_flags_out_of_range(tmp_path, capsys, flags, message):
+    code, _, err = _run(["train", "finetune", "--cache", str(tmp_path), "--out", str(tmp_path / "r"), *flags], capsys)
+    _one_error_line(code, err, message)
+    assert "lr" not in err.partition(message)[2]  # the patience check no longer mentions lr
+    assert not (tmp_path / "r").exists()
+
+
+def test_config_file_with_a_string_number(tmp_path, capsys):
+    config = tmp_path / "x.json"
+    config.write_text(json.dumps({"cache": str(tmp_path), "out": str(tmp_path / "r"), "batch_size": "8", "steps": 1}))
+    code, _, err = _run(["train", "pretrain", "--config", str(config)], capsys)
+    _one_error_line(code, err, "x.json: batch_size must be an integer, got '8'")
+    config.write_text(json.dumps({"cache": str(tmp_path), "out": str(tmp_path / "r"), "epochs": "1"}))
+    code, _, err = _run(["train", "finetune", "--config", str(config)], capsys)
+    _one_error_line(code, err, "x.json: epochs must be an integer, got '1'")
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("text_layers=abc", "model option text_layers must be an integer, got 'abc'"),
+    ("text_layers=-2", "model option text.layers must be >= 0, got -2"),
+    ("vision_heads=0", "model option vision.heads must be >= 1, got 0"),
+    ("dropout=abc", "model option dropout must be a number, got 'abc'"),
+    ("dropout=1.5", "model option vision.dropout must be in [0, 1), got 1.5"),
+    ("heads_align=3", "model option heads_align must be a string, got 3"),
+    ("grad_checkpointing=2", "model option grad_checkpointing must be true or false, got 2"),
+])
+def test_bad_model_override_names_the_option(tiny_cache, tmp_path, capsys, override, message):
+    code, _, err = _run(["train", "pretrain", "--cache", str(tiny_cache), "--out", str(tmp_path / "r"), "--steps", "1",
+                         "--model", override, "--no-live", "--device", "cpu"], capsys)
+    _one_error_line(code, err, message)
+    assert not (tmp_path / "r").exists()
+
+
+def test_resume_from_a_damaged_checkpoint_is_one_error_line(tiny_cache, tmp_path, capsys):
+    run = tmp_path / "r"
+    argv = ["train", "pretrain", "--cache", str(tiny_cache), "--out", str(run), "--steps", "1", "--batch-size", "2",
+            "--no-live", "--device", "cpu", "--workers", "1", "--no-compile"]
+    code, _, err = _run(argv, capsys)
+    assert code == 0, err
+    latest = run / "checkpoints" / "latest.json"
+    good = latest.read_text()
+    for pointer in ("[1]", '{"checkpoint": 5}'):
+        latest.write_text(pointer)
+        code, _, err = _run([*argv, "--resume"], capsys)
+        _one_error_line(code, err, "latest.json is not a valid checkpoint pointer")
+    latest.write_text(good)
+    step = run / "checkpoints" / json.loads(good)["checkpoint"]
+    (step / "state.json").write_text('{"step": 1, ')
+    code, _, err = _run([*argv, "--resume"], capsys)
+    _one_error_line(code, err, "state.json: not a valid checkpoint (")
+    (step / "state.json").unlink()
+    code, _, err = _run([*argv, "--resume"], capsys)
+    _one_error_line(code, err, "missing or incomplete")
+
+
+def test_plot_with_a_damaged_metrics_file(tmp_path, capsys):
+    record = b'{"split": "train", "step": 1, "loss": 1.0}\n'
+    (tmp_path / "metrics.jsonl").write_bytes(record + b"\xff\xfe\n" + record)
+    code, _, err = _run(["plot", str(tmp_path)], capsys)
+    _one_error_line(code, err, "metrics.jsonl:2: not UTF-8 text")
+    (tmp_path / "metrics.jsonl").write_bytes(record + b"[1, 2]\n" + record)
+    code, _, err = _run(["plot", str(tmp_path)], capsys)
+    _one_error_line(code, err, "metrics.jsonl:2: expected a JSON object")

@@ -53,3 +53,72 @@ def test_bad_files(tmp_path):
     yaml.write_text("a: 1")
     with pytest.raises(VlpipeError, match=".json or .toml"):
         load_config(yaml)
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"batch_size": "8"}, "bad.json: batch_size must be an integer, got '8'"),
+    ({"batch_size": True}, "bad.json: batch_size must be an integer, got True"),  # a bool is no number
+    ({"steps": "2"}, "bad.json: steps must be an integer or null, got '2'"),
+    ({"lr": "1e-3"}, "bad.json: lr must be a number, got '1e-3'"),
+    ({"tasks": 5}, "bad.json: tasks must be a list of strings, got 5"),
+    ({"betas": 0.9}, r"bad.json: betas must be a list of 2 numbers, got 0.9"),
+    ({"betas": [0.9]}, r"bad.json: betas must be a list of 2 numbers, got \[0.9\]"),
+    ({"model_overrides": "x"}, "bad.json: model_overrides must be a table/object of settings, got 'x'"),
+    ({"task_weights": {"mlm": "1"}}, "bad.json: task_weights must be a table/object mapping names to numbers"),
+    ({"compile": "yes"}, "bad.json: compile must be true or false, got 'yes'"),
+])
+def test_wrong_types_in_a_file_name_the_file_and_the_key(tmp_path, values, message):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"cache": "c", "out": "o", "steps": 1} | values))
+    with pytest.raises(VlpipeError, match=message):
+        load_config(path)
+
+
+def test_types_are_checked_for_configs_built_in_python_too():
+    with pytest.raises(VlpipeError, match="config: epochs must be a number or null, got '1'"):
+        PretrainConfig(cache="c", out="o", epochs="1").validate()  # type: ignore[arg-type]
+
+
+def test_int_counts_as_float_and_lists_become_tuples(tmp_path):
+    path = tmp_path / "ok.json"
+    path.write_text(json.dumps({"cache": "c", "out": "o", "epochs": 2, "lr": 1, "betas": [0.8, 0.9],
+                                "tasks": ["mlm"]}))
+    cfg = load_config(path)
+    assert cfg.lr == 1 and cfg.epochs == 2 and cfg.betas == (0.8, 0.9) and cfg.tasks == ("mlm",)
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"device": "foo"}, "--device foo: expected auto, cpu, cuda or cuda:N"),
+    ({"device": "cuda:x"}, "--device cuda:x: expected auto, cpu, cuda or cuda:N"),
+    ({"warmup": -5}, "warmup must be >= 0, got -5"),
+    ({"grad_clip": -1}, "grad_clip must be >= 0, got -1"),
+    ({"weight_decay": -0.1}, "weight_decay must be >= 0"),
+    ({"min_lr_ratio": -2}, r"min_lr_ratio must be in \[0, 1\], got -2"),
+    ({"eval_every": -1}, "eval_every must be >= 0"),
+    ({"ckpt_every": -1}, "ckpt_every must be >= 0"),
+    ({"eval_max_batches": -1}, "eval_max_batches must be >= 0"),
+    ({"task_weights": {"foo": 1}}, "task_weights has unknown task"),
+    ({"task_weights": {"mim": -1}}, "task_weights mim must be a number >= 0"),
+    ({"lr": 0}, "config: lr must be > 0, got 0"),
+    ({"mim_tau": 0}, "config: mim_tau must be > 0, got 0"),
+    ({"betas": [0.9, 1.5]}, r"betas must be two numbers in \[0, 1\)"),
+    ({"loader_mode": "fork"}, "loader_mode must be one of"),
+    ({"workers": -1}, "workers must be >= 0"),
+])
+def test_out_of_range_settings_are_refused(tmp_path, values, message):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"cache": "c", "out": "o", "steps": 1} | values))
+    with pytest.raises(VlpipeError, match=message):
+        load_config(path)
+
+
+def test_cuda_device_needs_cuda():
+    import torch
+
+    if torch.cuda.is_available():
+        cfg = PretrainConfig(cache="c", out="o", steps=1, device=f"cuda:{torch.cuda.device_count()}")
+        with pytest.raises(VlpipeError, match=r"--device cuda:\d+: this machine has"):
+            cfg.validate()
+    else:
+        with pytest.raises(VlpipeError, match="--device cuda: CUDA is not available"):
+            PretrainConfig(cache="c", out="o", steps=1, device="cuda").validate()

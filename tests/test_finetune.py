@@ -18,7 +18,7 @@ from vlpipe.errors import VlpipeError
 from vlpipe.model import build_model
 from vlpipe.train.classifier import PRETRAIN_HEADS, Classifier, label_weights, load_shared_weights, loss_terms
 from vlpipe.train.config import PretrainConfig
-from vlpipe.train.finetune import FinetuneConfig, finetune, model_config_for_finetune
+from vlpipe.train.finetune import FinetuneConfig, finetune, load_finetune_config, model_config_for_finetune
 from vlpipe.train.metrics import read_metrics
 from vlpipe.train.trainer import pretrain
 
@@ -254,3 +254,41 @@ def test_multilabel_threshold_from_val_and_multiclass_metrics(caches, tmp_path):
     assert test["top1"] >= 0.8  # the colour is trivially visible
     with pytest.raises(VlpipeError, match="does not fit"):
         finetune(_config(tmp_path / "colour", tmp_path / "bad", task="binary"))
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"epochs": "1"}, "ft.json: epochs must be an integer, got '1'"),
+    ({"seeds": 0}, "ft.json: seeds must be a list of integers, got 0"),
+    ({"head_dropout": "0.1"}, "ft.json: head_dropout must be a number, got '0.1'"),
+    ({"head_dropout": 2}, r"config: head_dropout must be in \[0, 1\), got 2"),
+    ({"head_dropout": 1}, r"config: head_dropout must be in \[0, 1\), got 1"),
+    ({"patience": -1}, r"config: patience must be >= 0 \(0 = never stop early\), got -1$"),
+    ({"lr": 0}, "config: lr must be > 0, got 0$"),
+    ({"device": "foo"}, "--device foo: expected auto, cpu, cuda or cuda:N"),
+    ({"warmup": -1}, "warmup must be >= 0"),
+    ({"grad_clip": -1}, "grad_clip must be >= 0"),
+    ({"min_lr_ratio": 2}, r"min_lr_ratio must be in \[0, 1\]"),
+])
+def test_bad_finetune_config_files_name_the_setting(tmp_path, values, message):
+    path = tmp_path / "ft.json"
+    path.write_text(json.dumps({"cache": "c", "out": "o"} | values))
+    with pytest.raises(VlpipeError, match=message):
+        load_finetune_config(path)
+
+
+def test_finetune_config_from_a_file_keeps_lists_as_tuples(tmp_path):
+    path = tmp_path / "ft.json"
+    path.write_text(json.dumps({"cache": "c", "out": "o", "seeds": [1, 2], "betas": [0.8, 0.9], "init": "none"}))
+    cfg = load_finetune_config(path, head_dropout=0.0)
+    assert cfg.seeds == (1, 2) and cfg.betas == (0.8, 0.9) and cfg.init is None and cfg.head_dropout == 0.0
+
+
+@pytest.mark.parametrize("pointer", ["[1]", '{"checkpoint": 5}'])
+def test_init_with_a_bad_latest_pointer_is_a_clear_error(caches, tmp_path, pointer):
+    memes, _ = caches
+    run = tmp_path / "pre"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "latest.json").write_text(pointer)
+    with pytest.raises(VlpipeError, match=r"latest.json is not a valid checkpoint pointer \(expected"):
+        finetune(_config(memes, tmp_path / "ft", init=str(run)))
+    assert not (tmp_path / "ft").exists()

@@ -24,3 +24,16 @@ def test_plot_run_writes_pngs_per_task(tmp_path):
 def test_plot_run_without_metrics_is_a_clear_error(tmp_path):
     with pytest.raises(VlpipeError, match="metrics.jsonl does not exist"):
         plot_run(tmp_path)
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    (b"\xff\xfe not utf-8\n", "metrics.jsonl:2: not UTF-8 text"),
+    (b"[1, 2]\n", "metrics.jsonl:2: expected a JSON object"),
+])
+def test_plot_run_with_a_damaged_metrics_file_names_the_line_and_writes_nothing(tmp_path, line, message):
+    record = b'{"split": "train", "step": 1, "loss": 1.0}\n'
+    (tmp_path / "metrics.jsonl").write_bytes(record + line + record)
+    with pytest.raises(VlpipeError, match=message):
+        plot_run(tmp_path)
+    assert not (tmp_path / "plots").exists()
+

@@ -112,6 +112,8 @@ class ModelConfig:
     def validate(self) -> None:
         """Catch the mistakes that would otherwise surface as a shape error deep in a forward pass."""
         v, t, c = self.vision, self.text, self.coattn
+        for section in _SECTIONS:
+            _check_ranges(section, getattr(self, section))
         if v.image_size % v.patch_size:
             raise VlpipeError(f"image_size {v.image_size} is not a multiple of patch_size {v.patch_size}")
         for name, hidden, heads in (("vision", v.hidden, v.heads), ("text", t.hidden, t.heads),
@@ -162,14 +164,65 @@ _FLAT = {"vocab_size": "text", "max_len": "text", "type_vocab_size": "text",
 _EVERYWHERE = ("dropout", "attn_dropout")
 
 
-def _set(section_obj: Any, section: str, key: str, value: Any) -> None:
+# Sizes that must be >= 1 and counts that may be 0, per section; everything named "*dropout" is a
+# probability in [0, 1). Checked in `ModelConfig.validate`, so a negative size is named before it
+# surfaces as a confusing layer-index or shape error.
+_POSITIVE = ("image_size", "patch_size", "hidden", "heads", "mlp_hidden", "vocab_size", "intermediate",
+             "max_len", "type_vocab_size", "text_intermediate", "image_intermediate", "mim_dim")
+_NON_NEGATIVE = ("layers", "proj_dim")
+
+
+def _check_ranges(section: str, obj: Any) -> None:
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.name in _POSITIVE and value < 1:
+            raise VlpipeError(f"model option {section}.{f.name} must be >= 1, got {value}")
+        if f.name in _NON_NEGATIVE and value < 0:
+            raise VlpipeError(f"model option {section}.{f.name} must be >= 0, got {value}")
+        if f.name.endswith("dropout") and not 0 <= value < 1:
+            raise VlpipeError(f"model option {section}.{f.name} must be in [0, 1), got {value}")
+        if f.name == "norm_eps" and not value > 0:
+            raise VlpipeError(f"model option {section}.{f.name} must be > 0, got {value}")
+
+
+def _typed(value: Any, current: Any, given: str) -> Any:
+    """`value` converted to the type of the option's default `current`, or a one-line error.
+
+    Overrides come from `--model KEY=VALUE` (where anything that is not a number is text) and from
+    JSON, so `text_layers=abc` must be refused here, naming the option as the user wrote it.
+    """
+    def fail(expected: str) -> VlpipeError:
+        return VlpipeError(f"model option {given} must be {expected}, got {value!r}")
+
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise fail("true or false")
+        return value
+    if isinstance(current, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail("an integer")
+        return value
+    if isinstance(current, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise fail("a number")
+        return float(value)
+    if isinstance(current, str):
+        if not isinstance(value, str):
+            raise fail("a string")
+        return value
+    if isinstance(current, tuple):
+        if not isinstance(value, list | tuple):
+            raise fail("a list")
+        item = current[0] if current else 0
+        return tuple(_typed(v, item, given) for v in value)
+    return value
+
+
+def _set(section_obj: Any, section: str, key: str, value: Any, given: str | None = None) -> None:
     names = {f.name for f in dataclasses.fields(section_obj)}
     if key not in names:
         raise VlpipeError(f"unknown model option {section}.{key}; valid: {', '.join(sorted(names))}")
-    current = getattr(section_obj, key)
-    if isinstance(current, tuple):
-        value = tuple(value)
-    setattr(section_obj, key, value)
+    setattr(section_obj, key, _typed(value, getattr(section_obj, key), given or f"{section}.{key}"))
 
 
 def apply_overrides(cfg: ModelConfig, overrides: dict[str, Any]) -> ModelConfig:
@@ -183,21 +236,23 @@ def apply_overrides(cfg: ModelConfig, overrides: dict[str, Any]) -> ModelConfig:
     cfg = _copy(cfg)
     for key, value in overrides.items():
         if key in _SECTIONS:
-            if not isinstance(value, dict):
+            if dataclasses.is_dataclass(value) and not isinstance(value, type):
                 value = dataclasses.asdict(value)
+            if not isinstance(value, dict):
+                raise VlpipeError(f"model option {key} must be a table/object of {key} settings, got {value!r}")
             for sub_key, sub_value in value.items():
                 _set(getattr(cfg, key), key, sub_key, sub_value)
         elif key == "grad_checkpointing":
-            cfg.grad_checkpointing = bool(value)
+            cfg.grad_checkpointing = _typed(value, False, key)
         elif key in _FLAT:
-            _set(getattr(cfg, _FLAT[key]), _FLAT[key], key, value)
+            _set(getattr(cfg, _FLAT[key]), _FLAT[key], key, value, given=key)
         elif key in _EVERYWHERE:
             for section in _SECTIONS:
                 if hasattr(getattr(cfg, section), key):
-                    setattr(getattr(cfg, section), key, float(value))
+                    setattr(getattr(cfg, section), key, _typed(value, 0.0, key))
         elif "_" in key and key.split("_", 1)[0] in _SECTIONS:
             section, sub_key = key.split("_", 1)
-            _set(getattr(cfg, section), section, sub_key, value)
+            _set(getattr(cfg, section), section, sub_key, value, given=key)
         else:
             raise VlpipeError(f"unknown model option {key!r}; use a section prefix "
                               f"({', '.join(s + '_' for s in _SECTIONS)}) or one of "

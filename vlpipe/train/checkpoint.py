@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
@@ -30,6 +32,8 @@ from vlpipe.utils.atomic import TMP_PREFIX, write_json_atomic
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest.json"
+# What `latest.json` may name: a sibling step directory, never a path that leaves `checkpoints/`.
+NAME_PATTERN = re.compile(r"step_\d+")
 
 
 def checkpoint_name(step: int) -> str:
@@ -150,9 +154,13 @@ def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
     if not pointer.exists():
         return None
     try:
-        name = json.loads(pointer.read_text(encoding="utf-8"))["checkpoint"]
-    except (ValueError, KeyError) as exc:
-        raise VlpipeError(f"{pointer} is not a valid checkpoint pointer ({exc})") from exc
+        data = json.loads(pointer.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError covers bad JSON and bad UTF-8
+        raise VlpipeError(f"{pointer} is not a valid checkpoint pointer ({_one_line(exc)})") from exc
+    name = data.get("checkpoint") if isinstance(data, dict) else None
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise VlpipeError(f"{pointer} is not a valid checkpoint pointer (expected "
+                          f'{{"checkpoint": "step_NNNNNNNN", ...}}, got {_shown(data)})')
     path = pointer.parent / name
     if not (path / "state.json").exists():
         raise VlpipeError(f"{pointer} points at {path}, which is missing or incomplete")
@@ -168,25 +176,70 @@ def load_checkpoint(
     device: torch.device | str = "cpu",
     restore_rng: bool = True,
 ) -> dict[str, Any]:
-    """Load weights (and optionally optimizer and RNG) in place; returns the trainer state dict."""
+    """Load weights (and optionally optimizer and RNG) in place; returns the trainer state dict.
+
+    A damaged checkpoint (a truncated file after a full disk, a hand-edited state.json) is reported
+    as `<file>: not a valid checkpoint (...)` naming the file, not as a parser's traceback.
+    """
     path = Path(path)
-    state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    state_file = path / "state.json"
+    try:
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise VlpipeError(f"{state_file}: not a valid checkpoint ({_one_line(exc)})") from exc
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int) or isinstance(state["step"], bool):
+        raise VlpipeError(f"{state_file}: not a valid checkpoint (expected an object with an integer 'step')")
     _load_weights(model, path / "model.safetensors", device)
     if teacher is not None and (path / "teacher.safetensors").exists():
         _load_weights(teacher, path / "teacher.safetensors", device)
     if optimizer is not None:
         # Loaded on the CPU: `load_state_dict` moves moments to each parameter's device itself and
         # keeps the `step` counters where the optimizer implementation expects them.
-        tensors = load_file(str(path / "optimizer.safetensors"))
-        optimizer.load_state_dict(optimizer_state_from_files(tensors, state["optimizer"]))
+        file = path / "optimizer.safetensors"
+        tensors = _read_tensors(file)
+        try:
+            optimizer.load_state_dict(optimizer_state_from_files(tensors, state["optimizer"]))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise VlpipeError(f"{file}: not a valid checkpoint (the optimizer state does not match: "
+                              f"{_one_line(exc)})") from exc
     if restore_rng:
-        set_rng_state(load_file(str(path / "rng.safetensors")))
+        file = path / "rng.safetensors"
+        tensors = _read_tensors(file)
+        try:
+            set_rng_state(tensors)
+        except (KeyError, TypeError, RuntimeError) as exc:
+            raise VlpipeError(f"{file}: not a valid checkpoint ({_one_line(exc)})") from exc
     return state
 
 
+def _read_tensors(file: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint's safetensors file, or a one-line error naming it."""
+    try:
+        return load_file(str(file))
+    except (OSError, SafetensorError) as exc:
+        raise VlpipeError(f"{file}: not a valid checkpoint ({_one_line(exc)})") from exc
+
+
 def _load_weights(model: nn.Module, file: Path, device: torch.device | str) -> None:
-    missing, unexpected = load_model(model, str(file), strict=False, device=str(device))
+    try:
+        missing, unexpected = load_model(model, str(file), strict=False, device=str(device))
+    except (OSError, SafetensorError) as exc:
+        raise VlpipeError(f"{file}: not a valid checkpoint ({_one_line(exc)})") from exc
+    except RuntimeError as exc:  # same names, other shapes: torch's "size mismatch for ..."
+        raise VlpipeError(f"{file} does not match the model ({_one_line(exc)})") from exc
     if missing or unexpected:
         raise VlpipeError(
             f"{file} does not match the model: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
         )
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line (torch's load errors span several), cut to `limit` characters."""
+    message = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    text = " ".join(message.split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vlpipe.cache.loader import MODES
 from vlpipe.errors import VlpipeError
 from vlpipe.train.tasks import TASKS
 
@@ -67,7 +72,12 @@ class PretrainConfig:
     plots: bool = True
 
     def validate(self) -> None:
-        """Reject contradictory or impossible settings with a message naming the field."""
+        """Reject contradictory or impossible settings with a message naming the field.
+
+        Types are checked first, so a config built in Python with a wrong type gets the same
+        one-line message as a config file instead of a `TypeError` from a comparison below.
+        """
+        check_types(type(self), {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, "config")
         if not self.cache:
             raise VlpipeError("config: 'cache' (the cache directory) is required")
         if not self.out:
@@ -89,10 +99,20 @@ class PretrainConfig:
                 raise VlpipeError(f"config: {name} must be in (0, 1), got {getattr(self, name)}")
         if not 0 <= self.ema_decay < 1:
             raise VlpipeError(f"config: ema_decay must be in [0, 1), got {self.ema_decay}")
-        if self.mim_tau <= 0 or self.lr <= 0:
-            raise VlpipeError("config: mim_tau and lr must be > 0")
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise VlpipeError(f"config: precision must be auto, bf16 or fp32, got {self.precision!r}")
+        for name in ("mim_tau", "lr"):
+            if not getattr(self, name) > 0:
+                raise VlpipeError(f"config: {name} must be > 0, got {getattr(self, name)}")
+        unknown = sorted(set(self.task_weights) - set(TASKS))
+        if unknown:
+            raise VlpipeError(f"config: task_weights has unknown task(s) {', '.join(unknown)}; "
+                              f"tasks are {', '.join(TASKS)}")
+        for task, weight in self.task_weights.items():
+            if not (math.isfinite(weight) and weight >= 0):
+                raise VlpipeError(f"config: task_weights {task} must be a number >= 0, got {weight}")
+        for name in ("eval_every", "eval_max_batches", "ckpt_every"):
+            if getattr(self, name) < 0:
+                raise VlpipeError(f"config: {name} must be >= 0 (0 = {ZERO_MEANS[name]}), got {getattr(self, name)}")
+        check_common(self)
 
     def weights(self) -> dict[str, float]:
         """Loss weight of each enabled task (missing weights default to 1)."""
@@ -111,10 +131,142 @@ class PretrainConfig:
         values = dict(values)
         if isinstance(values.get("tasks"), str):
             values["tasks"] = tuple(t.strip() for t in values["tasks"].split(",") if t.strip())
+        check_types(cls, values, source)
         for name in ("tasks", "betas"):
             if name in values:
                 values[name] = tuple(values[name])
         return cls(**values)
+
+
+# What 0 means for the settings where 0 is allowed as "off" (quoted in their error messages).
+ZERO_MEANS = {"eval_every": "only at the end", "eval_max_batches": "the whole val split",
+              "ckpt_every": "only at the end"}
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+class _OptimConfig(typing.Protocol):
+    """The settings pretraining and fine-tuning share and validate the same way."""
+
+    lr: float
+    min_lr_ratio: float
+    warmup: float
+    weight_decay: float
+    betas: tuple[float, float]
+    grad_clip: float
+    precision: str
+    device: str
+    keep_checkpoints: int
+    workers: int
+    loader_mode: str
+
+
+def check_common(config: _OptimConfig) -> None:
+    """Range checks shared by `PretrainConfig` and `FinetuneConfig` (optimizer, schedule, device, loader).
+
+    Each of these would otherwise be accepted and either misbehave silently (a negative warmup or
+    clip norm) or fail deep inside torch with a message that does not name the setting.
+    """
+    if not 0 <= config.min_lr_ratio <= 1:
+        raise VlpipeError(f"config: min_lr_ratio must be in [0, 1], got {config.min_lr_ratio}")
+    for name in ("warmup", "weight_decay", "grad_clip"):
+        value = getattr(config, name)
+        if not (math.isfinite(value) and value >= 0):
+            raise VlpipeError(f"config: {name} must be >= 0, got {value}")
+    if len(config.betas) != 2 or not all(0 <= b < 1 for b in config.betas):
+        raise VlpipeError(f"config: betas must be two numbers in [0, 1), got {list(config.betas)}")
+    if config.precision not in ("auto", "bf16", "fp32"):
+        raise VlpipeError(f"config: precision must be auto, bf16 or fp32, got {config.precision!r}")
+    check_device(config.device)
+    for name in ("keep_checkpoints", "workers"):
+        if getattr(config, name) < 0:
+            raise VlpipeError(f"config: {name} must be >= 0, got {getattr(config, name)}")
+    if config.loader_mode not in MODES:
+        raise VlpipeError(f"config: loader_mode must be one of {', '.join(MODES)}, got {config.loader_mode!r}")
+
+
+def check_device(spec: str) -> None:
+    """A device spec torch will accept and this machine has, checked before any model is built."""
+    if not DEVICE_PATTERN.fullmatch(spec):
+        raise VlpipeError(f"--device {spec}: expected auto, cpu, cuda or cuda:N")
+    if spec.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise VlpipeError(f"--device {spec}: CUDA is not available on this machine; use cpu or auto")
+        index = int(spec.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise VlpipeError(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+
+def check_types(cls: type, values: dict[str, Any], source: str) -> None:
+    """Check plain values (from JSON/TOML or flags) against `cls`'s dataclass field annotations.
+
+    Config files are typed by whoever wrote them, so `"batch_size": "8"` must be caught here, where
+    the file and the key are known, rather than as a `TypeError` deep in validation or training.
+    Lists are accepted for tuple fields (JSON and TOML have no tuples); an int is accepted where a
+    float is expected, but a bool never counts as a number.
+    """
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():
+        expected = hints.get(name)
+        if expected is not None and not _matches(value, expected):
+            shown = repr(value)
+            if len(shown) > 60:
+                shown = shown[:57] + "..."
+            raise VlpipeError(f"{source}: {name} must be {_describe(expected)}, got {shown}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _matches(value: Any, expected: Any) -> bool:
+    """Whether `value` fits the annotation `expected` (only the forms the config dataclasses use)."""
+    origin, args = typing.get_origin(expected), typing.get_args(expected)
+    if expected is Any:
+        return True
+    if expected is type(None):
+        return value is None
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in args)
+    if expected is bool:
+        return isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if expected is float:
+        return _is_number(value)
+    if expected is str:
+        return isinstance(value, str)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_matches(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args, strict=True))
+    if origin is dict:
+        return isinstance(value, dict) and all(_matches(k, args[0]) and _matches(v, args[1])
+                                               for k, v in value.items())
+    return True  # an annotation this checker does not know: leave it to `validate`
+
+
+def _describe(expected: Any, plural: bool = False) -> str:
+    """`int` -> "an integer", `tuple[str, ...]` -> "a list of strings": the words of an error message."""
+    origin, args = typing.get_origin(expected), typing.get_args(expected)
+    names = {bool: ("true or false", "booleans"), int: ("an integer", "integers"), float: ("a number", "numbers"),
+             str: ("a string", "strings"), type(None): ("null", "nulls")}
+    if expected in names:
+        return names[expected][plural]
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arg, plural) for arg in args)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_describe(args[0], True)}"
+        return f"a list of {len(args)} {_describe(args[0], True)}"
+    if origin is dict:
+        if args[1] is Any:
+            return "a table/object of settings"
+        return f"a table/object mapping names to {_describe(args[1], True)}"
+    return str(expected)
 
 
 def read_config_file(path: str | os.PathLike[str], table: str = "pretrain") -> dict[str, Any]:

@@ -40,7 +40,7 @@ from vlpipe.train.classifier import (
     predict,
     pretrain_checkpoint,
 )
-from vlpipe.train.config import read_config_file
+from vlpipe.train.config import check_common, check_types, read_config_file
 from vlpipe.train.distributed import resolve_device
 from vlpipe.train.live import LiveView
 from vlpipe.train.metrics import MetricsWriter
@@ -96,6 +96,12 @@ class FinetuneConfig:
     plots: bool = True
 
     def validate(self) -> None:
+        """Reject impossible settings with a one-line message naming the field, before any work starts.
+
+        Types are checked first (a config built in Python can hold anything), then ranges; the
+        optimizer, schedule, device and loader settings are checked as for pretraining.
+        """
+        check_types(type(self), {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, "config")
         if not self.cache or not self.out:
             raise VlpipeError("config: 'cache' and 'out' are required")
         if self.task is not None and self.task not in TASKS:
@@ -107,10 +113,13 @@ class FinetuneConfig:
         for name in ("epochs", "batch_size", "grad_accum", "eval_batch_size", "log_every"):
             if getattr(self, name) < 1:
                 raise VlpipeError(f"config: {name} must be >= 1, got {getattr(self, name)}")
-        if self.patience < 0 or self.lr <= 0:
-            raise VlpipeError("config: patience must be >= 0 and lr > 0")
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise VlpipeError(f"config: precision must be auto, bf16 or fp32, got {self.precision!r}")
+        if self.patience < 0:
+            raise VlpipeError(f"config: patience must be >= 0 (0 = never stop early), got {self.patience}")
+        if not self.lr > 0:
+            raise VlpipeError(f"config: lr must be > 0, got {self.lr}")
+        if not 0 <= self.head_dropout < 1:  # torch's dropout accepts p = 1, which zeroes the head's input
+            raise VlpipeError(f"config: head_dropout must be in [0, 1), got {self.head_dropout}")
+        check_common(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -124,11 +133,12 @@ def load_finetune_config(file: str | os.PathLike[str] | None = None, **overrides
     unknown = sorted(set(values) - names)
     if unknown:
         raise VlpipeError(f"{file or 'config'}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    if str(values.get("init") or "").lower() == "none":
+        values["init"] = None
+    check_types(FinetuneConfig, values, str(file or "config"))
     for name in ("seeds", "betas"):
         if name in values:
             values[name] = tuple(values[name])
-    if str(values.get("init") or "").lower() == "none":
-        values["init"] = None
     config = FinetuneConfig(**values)
     config.validate()
     return config

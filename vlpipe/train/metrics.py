@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from vlpipe.errors import VlpipeError
 from vlpipe.train.tasks import TASKS
 
 METRICS_FILE = "metrics.jsonl"
@@ -113,12 +114,49 @@ def _tensorboard_writer(log_dir: Path) -> Any:
 
 
 def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """All records of a metrics.jsonl file; a torn last line (crash mid-write) is skipped."""
+    """All records of a metrics.jsonl file; a torn last line (crash mid-write) is skipped.
+
+    Any other bad line (not UTF-8, not JSON, not a record of numbers) is an error naming
+    `file:line`: skipping it would silently drop a point from the plots, and on resume
+    `MetricsWriter.truncate_after` would rewrite the file without it.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise VlpipeError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    lines = data.split(b"\n")
+    if lines and not lines[-1].strip():
+        lines.pop()  # the file ends with a newline, as every complete write does
     records = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                continue
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw.decode("utf-8"))
+        except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError both are ValueErrors
+            if number == len(lines):
+                break  # a torn last line: the process died while writing it
+            reason = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else f"not valid JSON ({exc.msg})"
+            raise VlpipeError(f"{path}:{number}: {reason}") from exc
+        problem = _record_problem(record)
+        if problem:
+            raise VlpipeError(f"{path}:{number}: {problem}")
+        records.append(record)
     return records
+
+
+def _record_problem(record: Any) -> str | None:
+    """What is wrong with one parsed line, if anything: what `MetricsWriter.write` writes is an object
+    with a string `split`, an integer `step` and numbers (or null for an undefined metric)."""
+    if not isinstance(record, dict):
+        return f"expected a JSON object (a metrics record), got {type(record).__name__} {json.dumps(record)[:40]}"
+    if not isinstance(record.get("split"), str):
+        return f"'split' must be a string, got {json.dumps(record.get('split'))[:40]}"
+    step = record.get("step")
+    if not isinstance(step, int) or isinstance(step, bool):
+        return f"'step' must be an integer, got {json.dumps(step)[:40]}"
+    for name, value in record.items():
+        if name != "split" and value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            return f"{name!r} must be a number or null, got {json.dumps(value)[:40]}"
+    return None

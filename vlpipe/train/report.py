@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,36 @@ def load_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     missing = [k for k in ("mean", "std", "seeds") if not isinstance(summary, dict) or k not in summary]
     if missing:
         raise VlpipeError(f"{path} is not a fine-tuning summary (no {', '.join(missing)})")
+    problem = _summary_problem(summary)
+    if problem:
+        raise VlpipeError(f"{path}: {problem}")
     return summary
+
+
+def _summary_problem(summary: dict[str, Any]) -> str | None:
+    """What keeps `summary` from being tabulated and charted, if anything.
+
+    Checked when the file is read, before the report folder is made, so a hand-edited or foreign
+    summary.json is named with the exact entry at fault instead of failing halfway through writing.
+    """
+    if not isinstance(summary["seeds"], list):
+        return f"'seeds' must be a list, got {_shown(summary['seeds'])}"
+    for part in ("mean", "std"):
+        splits = summary[part]
+        if not isinstance(splits, dict):
+            return f"{part!r} must be an object of splits (test, val), got {_shown(splits)}"
+        for split, metrics in splits.items():
+            if not isinstance(metrics, dict):
+                return f"{part}.{split} must be an object of metrics, got {_shown(metrics)}"
+            for name, value in metrics.items():
+                if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+                    return f"{part}.{split}.{name} must be a number or null, got {_shown(value)}"
+    return None
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _cell(summary: dict[str, Any], split: str, metric: str) -> str:
@@ -101,7 +131,8 @@ def build_report(runs: list[str | os.PathLike[str]], out: str | os.PathLike[str]
     if len(set(labels)) != len(labels):  # runs with the same folder name in different places
         labels = [str(Path(r)) for r in runs]
     out_dir = Path(out) if out is not None else Path(runs[0]).resolve().parent
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise VlpipeError(f"--out {out_dir} is a file, not a folder")
 
     header = ["split", "metric", *labels]
     rows = [["", "init", *[str(s.get("init") or "none") for s in summaries]],
@@ -111,13 +142,19 @@ def build_report(runs: list[str | os.PathLike[str]], out: str | os.PathLike[str]
         for metric in _metrics(summaries, split):
             rows.append([split, metric, *[_cell(s, split, metric) for s in summaries]])
 
-    markdown = out_dir / "report.md"
-    with atomic_open(markdown, "w", encoding="utf-8") as fh:
-        fh.write("# Fine-tuning comparison\n\nEach cell: mean ± standard deviation over seeds.\n\n")
-        fh.write("| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n")
-        fh.writelines("| " + " | ".join(row) + " |\n" for row in rows)
-    png = out_dir / "report.png"
-    _bar_chart(summaries, labels, png)
+    markdown, png = out_dir / "report.md", out_dir / "report.png"
+    created = not out_dir.exists()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_open(markdown, "w", encoding="utf-8") as fh:
+            fh.write("# Fine-tuning comparison\n\nEach cell: mean ± standard deviation over seeds.\n\n")
+            fh.write("| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n")
+            fh.writelines("| " + " | ".join(row) + " |\n" for row in rows)
+        _bar_chart(summaries, labels, png)
+    except BaseException:
+        if created:  # a folder this call made holds nothing else: leave no half-written report behind
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
     return Report(labels, header, rows, markdown, png)
 
 
@@ -133,8 +170,8 @@ def _bar_chart(summaries: list[dict[str, Any]], labels: list[str], path: Path) -
     width = 0.8 / max(1, len(summaries))
     fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(metrics) * max(1, len(summaries)) ** 0.5 + 2), 3.8))
     for i, (summary, label) in enumerate(zip(summaries, labels, strict=True)):
-        means = [_number(summary["mean"][split].get(m)) for m in metrics]
-        stds = [_number(summary["std"][split].get(m), 0.0) for m in metrics]
+        means = [_number(summary["mean"].get(split, {}).get(m)) for m in metrics]
+        stds = [_number(summary["std"].get(split, {}).get(m), 0.0) for m in metrics]
         xs = [j + (i - (len(summaries) - 1) / 2) * width for j in range(len(metrics))]
         ax.bar(xs, means, width, yerr=stds, capsize=4, label=f"{label} ({len(summary['seeds'])} seeds)")
     ax.set_xticks(range(len(metrics)), metrics)
