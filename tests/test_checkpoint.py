@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from vlpipe.errors import VlpipeError
-from vlpipe.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from vlpipe.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, start_run_dir
 
 
 class Tied(nn.Module):
@@ -152,3 +152,21 @@ def test_weights_of_another_shape_are_one_line(tmp_path):
     with pytest.raises(VlpipeError, match=r"model.safetensors does not match the model \(.*size mismatch") as exc:
         load_checkpoint(path, model=other, teacher=None, optimizer=None)
     assert "\n" not in str(exc.value)
+
+
+def test_a_fresh_run_starts_only_in_an_empty_folder_or_a_runs_own(tmp_path):
+    mine = tmp_path / "crashed"  # a run that died before its first checkpoint
+    mine.mkdir()
+    (mine / "config.json").write_text("{}")
+    (mine / "metrics.jsonl").write_text('{"split": "train", "step": 1}\n')
+    assert start_run_dir(mine, resume=False) is None
+    assert not (mine / "metrics.jsonl").exists()  # a fresh start has no stale metrics
+
+    theirs = tmp_path / "home"
+    theirs.mkdir()
+    (theirs / "metrics.jsonl").write_text("precious\n")
+    (theirs / "thesis.tex").write_text("precious")
+    with pytest.raises(VlpipeError, match=r"--out .*home holds files that are not from a vlpipe run \(thesis.tex\)"):
+        start_run_dir(theirs, resume=False)
+    assert (theirs / "metrics.jsonl").read_text() == "precious\n"
+    assert start_run_dir(tmp_path / "new" / "run", resume=False) is None and (tmp_path / "new" / "run").is_dir()

@@ -31,6 +31,9 @@ from vlpipe.errors import VlpipeError
 from vlpipe.utils.atomic import TMP_PREFIX, write_json_atomic
 
 CHECKPOINTS = "checkpoints"
+# What a pretraining or fine-tuning run writes in its folder (plots.PLOTS_DIR, finetune's BEST_FILE
+# and RESULT_FILE): a fresh run may start in a folder holding only these.
+RUN_ENTRIES = frozenset({"config.json", "metrics.jsonl", "plots", CHECKPOINTS, "best.safetensors", "result.json"})
 LATEST = "latest.json"
 # What `latest.json` may name: a sibling step directory, never a path that leaves `checkpoints/`.
 NAME_PATTERN = re.compile(r"step_\d+")
@@ -143,6 +146,13 @@ def start_run_dir(run_dir: Path, resume: bool, is_main: bool = True) -> Path | N
         raise VlpipeError(f"{run_dir} already has checkpoints ({existing.name}); "
                           "pass --resume to continue it or choose another --out")
     if existing is None and is_main:
+        foreign = sorted(p.name for p in run_dir.iterdir()
+                         if p.name not in RUN_ENTRIES and not p.name.startswith(TMP_PREFIX)) if run_dir.is_dir() else []
+        if foreign:
+            # A fresh run clears metrics.jsonl and writes beside whatever is there: only in a run's folder.
+            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise VlpipeError(f"--out {run_dir} holds files that are not from a vlpipe run ({shown}); "
+                              "choose an empty or new folder")
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     return existing
