@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -161,9 +163,18 @@ def test_rerun_with_other_options_is_refused(fetched: tuple[Path, dict], server:
 def test_loopback_refused_without_flag(server: ImageServer, tmp_path: Path) -> None:
     no_flag = [a for a in FAST if a != "--allow-private-network"]
     requests_before = len(server.requests)
-    command = ("cc", "--tsv", server.base + "/list.tsv", "--subset", "3")
-    report = run_fetch(server, tmp_path / "out", *no_flag, command=command)
-    assert report["attempted"] == 3 and report["kept"] == 0 and report["dropped"] == {"private_address": 3}
+    out = tmp_path / "out"
+    args = ["cc", "--tsv", server.base + "/list.tsv", "--subset", "3", "--out", str(out),
+            "--download-dir", str(tmp_path / "dl"), *no_flag]  # fmt: skip
+    result = CliRunner().invoke(fetch, args)
+    # A fetch that keeps nothing is an error that says why, not an empty dataset with exit 0.
+    assert isinstance(result.exception, VlpipeError)
+    assert f"{out.resolve()}: no image was kept: all 3 rows were dropped (private_address 3)" in str(
+        result.exception
+    )
+    report = fetch_report(out)  # the records of the complete fetch stay, for `fetch report`
+    assert report["complete"] and report["attempted"] == 3 and report["kept"] == 0
+    assert report["dropped"] == {"private_address": 3}
     # The list itself was fetched (the user named it); no image URL was contacted.
     assert server.requests[requests_before:] == ["/list.tsv"]
 
@@ -229,6 +240,55 @@ def test_nothing_left_to_download(tmp_path: Path) -> None:
 
     listing = tmp_path / "list.tsv"
     listing.write_text("a\tfile:///etc/passwd\nb\tgopher://x/1\n")
-    report = fetch_tsv(str(listing), tmp_path / "out", config=FetchConfig())
-    assert report["complete"] and report["attempted"] == 2 and report["kept"] == 0
-    assert report["dropped"] == {"bad_scheme": 2}
+    message = "all 2 selected rows were dropped before downloading (bad_scheme 2); e.g. line 1: only http"
+    with pytest.raises(VlpipeError, match=r"list\.tsv: " + re.escape(message)):
+        fetch_tsv(str(listing), tmp_path / "out", config=FetchConfig())
+    assert not (tmp_path / "out").exists()
+
+
+def test_finished_fetch_resumes_as_done(fetched: tuple[Path, dict], server: ImageServer, tmp_path: Path) -> None:
+    # The list and its columns are only read for a new fetch; a finished one reruns as a no-op.
+    out, report = fetched
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    requests_before = len(server.requests)
+    again = run_fetch(server, copy, *FAST)
+    assert {k: again[k] for k in ("attempted", "kept", "dropped")} == {
+        k: report[k] for k in ("attempted", "kept", "dropped")
+    }
+    assert again["runs"] == report["runs"] + 1 and server.requests[requests_before:] == []
+
+
+def damage(path: Path, how: str) -> None:
+    if how == "garbage":
+        path.write_bytes(b"garbage, not what the name says\n")
+    elif how == "truncated":
+        path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    else:
+        path.write_text(how)
+
+
+@pytest.mark.parametrize(
+    ("name", "how", "message"),
+    [
+        ("vlpipe_selection_drops.parquet", "garbage", "not a readable drop table (Parquet magic bytes not found"),
+        ("vlpipe_input.parquet", "truncated", "not a readable Parquet file ("),
+        ("vlpipe_fetch.json", "truncated", "not a valid fetch record ("),
+        ("vlpipe_fetch.json", "[]", "not a valid fetch record (expected a JSON object, got list)"),
+        ("vlpipe_00001_done.json", "truncated", "not a valid shard record ("),
+        ("vlpipe_00001_done.json", '{"attempted": 3}', "not a valid shard record (expected attempted, kept"),
+    ],
+)
+def test_report_of_damaged_output(
+    name: str, how: str, message: str, fetched: tuple[Path, dict], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vlpipe.cli.main import main
+
+    copy = tmp_path / "out"
+    shutil.copytree(fetched[0], copy)
+    damage(copy / name, how)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fetch", "report", str(copy)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and "Traceback" not in err
+    assert err.count("\n") == 1 and err.startswith(f"error: {copy / name}: {message}"), err

@@ -19,27 +19,34 @@ downloaded but not published, and re-downloads the rest, so it ends with the sam
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 from rich.progress import Progress
 
 from vlpipe.errors import VlpipeError
 from vlpipe.fetch.download import DownloadConfig, check_distributor, run_img2dataset
-from vlpipe.fetch.report import CONFIG_FILE, INPUT_FILE, SELECTION_DROPS_FILE, fetch_report
+from vlpipe.fetch.report import (
+    CONFIG_FILE,
+    INPUT_FILE,
+    SELECTION_DROPS_FILE,
+    fetch_report,
+    input_rows,
+    load_record,
+)
 from vlpipe.fetch.safety import UrlPolicy
 from vlpipe.fetch.shardwriter import written_by_us
 from vlpipe.fetch.sources import (
     CC_FILENAMES,
     CC_URLS,
     DEFAULT_DOWNLOAD_DIR,
+    Selection,
     download_file,
     parse_subset,
     resolve_list,
@@ -64,6 +71,39 @@ class FetchConfig:
     policy: UrlPolicy = field(default_factory=UrlPolicy)
     download: DownloadConfig = field(default_factory=DownloadConfig)
 
+    def validate(self) -> int | None:
+        """Check every option before anything is downloaded or written; returns the parsed subset.
+
+        img2dataset takes nonsense such as 0 processes or threads and fails deep in its workers
+        (or leaves shards that no rerun can finish), and negative sizes or ratios would quietly
+        drop every image, so each bad value is refused here with the option that set it.
+        """
+        check_distributor(self.download.distributor)
+        d, v, p = self.download, self.verify, self.policy
+        at_least_1, at_least_0 = "must be a whole number >= 1", "must be a whole number >= 0"
+        checks = [
+            ("--shard-size", self.shard_size, _is_int(self.shard_size, 1), at_least_1),
+            ("--processes", d.processes, _is_int(d.processes, 1), at_least_1),
+            ("--threads", d.threads, _is_int(d.threads, 1), at_least_1),
+            ("--timeout", d.timeout, _is_positive(d.timeout), "must be a number of seconds > 0"),
+            ("--retries", d.retries, _is_int(d.retries, 0), at_least_0),
+            ("--deadline", p.deadline_s, _is_positive(p.deadline_s), "must be a number of seconds > 0"),
+            ("--max-bytes", p.max_bytes, _is_int(p.max_bytes, 1), at_least_1),
+            ("--min-side", v.min_side, _is_int(v.min_side, 0), "must be a side in pixels >= 0"),
+            # inf (no limit) is fine; nan fails every comparison and would keep nothing.
+            ("--max-aspect", v.max_aspect, _is_number(v.max_aspect) and v.max_aspect >= 1,
+             "must be a ratio >= 1 (longer side / shorter side)"),
+            ("--max-pixels", v.max_pixels, _is_int(v.max_pixels, 1), at_least_1),
+            ("--image-size", v.image_size, _is_int(v.image_size, 0),
+             "must be a side in pixels >= 1, or 0 to keep the original size"),
+            ("jpeg_quality", v.jpeg_quality, _is_int(v.jpeg_quality, 1) and v.jpeg_quality <= 100,
+             "must be a whole number from 1 to 100"),
+        ]  # fmt: skip
+        for option, value, ok, wanted in checks:
+            if not ok:
+                raise VlpipeError(f"{option} {value}: {wanted}")
+        return parse_subset(self.subset)
+
     def fixed_part(self, source: str) -> dict[str, Any]:
         """The options that decide the kept set; a rerun with other values would mix two datasets."""
         return {
@@ -71,6 +111,19 @@ class FetchConfig:
             "shard_size": self.shard_size, "verify": asdict(self.verify),
             "allow_private_network": self.policy.allow_private_network,
         }  # fmt: skip
+
+
+def _is_int(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_positive(value: Any) -> bool:
+    """A finite number > 0 (click's FLOAT also accepts 'nan' and 'inf')."""
+    return _is_number(value) and math.isfinite(value) and value > 0
 
 
 def fetch_cc(
@@ -84,6 +137,7 @@ def fetch_cc(
     """Fetch Conceptual Captions: the official TSV of `split` (or `tsv`), then `fetch_tsv`."""
     if split not in CC_URLS:
         raise VlpipeError(f"--split {split!r}: expected one of {', '.join(CC_URLS)}")
+    (config or FetchConfig()).validate()  # before a multi-GB list download, not after it
     if tsv is None:
         path = download_file(CC_URLS[split], Path(download_dir) / CC_FILENAMES[split])
         tsv = str(path)
@@ -97,28 +151,35 @@ def fetch_tsv(
     download_dir: str | Path = DEFAULT_DOWNLOAD_DIR,
     config: FetchConfig | None = None,
 ) -> dict[str, Any]:
-    """Fetch any caption/URL TSV (local path or http(s) URL) into verified shards under `out`."""
-    cfg = config or FetchConfig()
-    check_distributor(cfg.download.distributor)
-    if cfg.shard_size < 1:
-        raise VlpipeError(f"--shard-size {cfg.shard_size}: must be >= 1")
-    subset = parse_subset(cfg.subset)
-    out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    for leftover in out.glob(f"{TMP_PREFIX}*"):  # half-written files of a killed run
-        leftover.unlink()
-    source_id = source if source.startswith(("http://", "https://")) else str(Path(source).resolve())
-    record = _check_config(out, cfg.fixed_part(source_id))
+    """Fetch any caption/URL TSV (local path or http(s) URL) into verified shards under `out`.
 
+    Every check of the input (options, the list and its columns, the record of an existing
+    fetch) comes before `out` is created or written, so a mistake leaves nothing behind.
+    """
+    cfg = config or FetchConfig()
+    subset = cfg.validate()
+    out = Path(out).resolve()
+    if out.exists() and not out.is_dir():
+        raise VlpipeError(f"--out {out}: exists and is not a folder")
+    source_id = source if source.startswith(("http://", "https://")) else str(Path(source).resolve())
+    fixed = cfg.fixed_part(source_id)
     input_path = out / INPUT_FILE
-    if not input_path.exists():
+    record = _existing_record(out, fixed)
+    if record is None:
         selection = select_rows(
             resolve_list(source, Path(download_dir)), subset, sample=cfg.sample, seed=cfg.seed
         )
+        if selection.rows.num_rows == 0:
+            raise VlpipeError(_nothing_to_fetch(source, selection))
+        out.mkdir(parents=True, exist_ok=True)
+        _remove_leftovers(out)
+        record = {"format": "vlpipe-fetch", "version": 1, "options": fixed, "runs": []}
+        write_json_atomic(out / CONFIG_FILE, record)
         write_parquet(selection.drops, out / SELECTION_DROPS_FILE)
         write_parquet(selection.rows, input_path)  # last: its presence means the selection is complete
-    num_rows = pq.read_metadata(input_path).num_rows
-    num_shards = math.ceil(num_rows / cfg.shard_size)
+    else:
+        _remove_leftovers(out)
+    num_shards = math.ceil(input_rows(input_path) / cfg.shard_size)
 
     start = time.time()
     staging = out / STAGING_DIR
@@ -138,20 +199,62 @@ def fetch_tsv(
             f"{len(missing)} of {num_shards} shards in {out} did not finish (e.g. shard {missing[0]:05d}); "
             "rerun the same command to retry them"
         )
-    return fetch_report(out)
+    report = fetch_report(out)
+    if report["kept"] == 0:
+        # A complete fetch with no image is a mistake (e.g. a missing --allow-private-network or a
+        # dead mirror), not a dataset: say so rather than hand an empty folder to build-cache.
+        raise VlpipeError(
+            f"{out}: no image was kept: all {report['attempted']} rows were dropped "
+            f"({_reasons(report['dropped'])}); each row's reason is in {out}/vlpipe_*drops.parquet"
+        )
+    return report
 
 
-def _check_config(out: Path, fixed: dict[str, Any]) -> dict[str, Any]:
-    """Load the run record of `out`, refusing to continue a fetch made with other options."""
+def _remove_leftovers(out: Path) -> None:
+    """Delete files a killed run left half-written under their temporary names."""
+    for leftover in out.glob(f"{TMP_PREFIX}*"):
+        leftover.unlink()
+
+
+def _reasons(counts: dict[str, int]) -> str:
+    """{'bad_scheme': 2, 'bad_url': 1} -> 'bad_scheme 2, bad_url 1', most frequent first."""
+    return ", ".join(f"{reason} {n}" for reason, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _nothing_to_fetch(source: str, selection: Selection) -> str:
+    """Why a selection with no row left is refused: the counts by reason and the first bad row."""
+    rows = selection.drops.to_pylist()
+    if not rows:
+        return f"{source}: no data rows to fetch (only a header line?)"
+    first = rows[0]
+    return (
+        f"{source}: all {len(rows)} selected rows were dropped before downloading "
+        f"({_reasons(Counter(r['reason'] for r in rows))}); e.g. line {first['row'] + 1 + selection.header_lines}: "
+        f"{first['detail']}" + (f" ({first['url']!r:.80})" if first["url"] else "")
+    )
+
+
+def _existing_record(out: Path, fixed: dict[str, Any]) -> dict[str, Any] | None:
+    """The run record of a fetch in `out` to continue, or None to start afresh. Writes nothing.
+
+    Refuses a damaged record and a fetch made with other options (resuming it would mix two
+    datasets in one folder).
+    """
     path = out / CONFIG_FILE
-    record = json.loads(path.read_text()) if path.exists() else None
+    started = (out / INPUT_FILE).exists()
+    if not path.exists():
+        if started:
+            raise VlpipeError(
+                f"{path}: missing, but {out} holds a started fetch ({INPUT_FILE}); "
+                "fetch again into a new --out (or delete the folder)"
+            )
+        return None
+    record = load_record(path)
     # Until rows were selected nothing depends on the options (e.g. a mistyped path): start afresh.
-    if record is None or (record.get("options") != fixed and not (out / INPUT_FILE).exists()):
-        record = {"format": "vlpipe-fetch", "version": 1, "options": fixed, "runs": []}
-        write_json_atomic(path, record)
-        return record
-    if record.get("options") != fixed:
-        old, new = record.get("options", {}), fixed
+    if not started:
+        return None
+    if record["options"] != fixed:
+        old, new = record["options"], fixed
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         raise VlpipeError(
             f"{out} was fetched with other options ({', '.join(changed)} differ); "

@@ -7,10 +7,12 @@ report is also a consistency check: attempted must equal kept plus every dropped
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vlpipe.errors import VlpipeError
@@ -18,26 +20,104 @@ from vlpipe.errors import VlpipeError
 CONFIG_FILE = "vlpipe_fetch.json"
 INPUT_FILE = "vlpipe_input.parquet"
 SELECTION_DROPS_FILE = "vlpipe_selection_drops.parquet"
+# A damaged record cannot be repaired from the other files: the downloads must be redone.
+_REMEDY = "the fetch output is damaged: fetch again into a new --out (or delete the folder)"
+
+
+def _read_json(path: Path, what: str) -> Any:
+    """Parse a JSON file, turning a truncated or unreadable file into one error line naming it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise VlpipeError(f"{path}: not a valid {what} ({_short(exc)}); {_REMEDY}") from exc
+
+
+def _short(exc: BaseException) -> str:
+    """An exception as a short one-line phrase (Arrow and OS messages can span several lines)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = re.sub(r"^Could not open Parquet input source '[^']*': ", "", text)  # the path is named already
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def load_record(path: Path) -> dict[str, Any]:
+    """The run record `vlpipe_fetch.json`, checked for the fields `fetch_tsv` and the report use.
+
+    Written atomically, so a bad one was edited or copied by hand; refusing it is safer than
+    resuming a fetch whose options are unknown.
+    """
+    record = _read_json(path, "fetch record")
+    problem = None
+    if not isinstance(record, dict):
+        problem = f"expected a JSON object, got {type(record).__name__}"
+    elif not isinstance(record.get("options"), dict):
+        problem = "no 'options' object"
+    elif not isinstance(record.get("runs"), list):
+        problem = "no 'runs' list"
+    else:
+        shard_size = record["options"].get("shard_size")
+        if not isinstance(shard_size, int) or isinstance(shard_size, bool) or shard_size < 1:
+            problem = f"options.shard_size {shard_size!r} is not a whole number >= 1"
+        for i, run in enumerate(record["runs"]):
+            if not (isinstance(run, dict) and all(_is_number(run.get(k)) for k in ("start", "end"))):
+                problem = f"runs[{i}] has no numeric 'start' and 'end'"
+                break
+    if problem:
+        raise VlpipeError(f"{path}: not a valid fetch record ({problem}); {_REMEDY}")
+    return record
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _load_done(path: Path) -> dict[str, Any]:
+    """One shard's done record, checked for the counts the report adds up."""
+    done = _read_json(path, "shard record")
+    counts = ("attempted", "kept", "bytes_written")
+    if (
+        not isinstance(done, dict)
+        or not all(isinstance(done.get(k), int) for k in counts)
+        or not isinstance(done.get("dropped"), dict)
+        or not all(isinstance(v, int) for v in done["dropped"].values())
+        or not (done.get("bytes_downloaded") is None or isinstance(done["bytes_downloaded"], int))
+    ):
+        raise VlpipeError(
+            f"{path}: not a valid shard record (expected attempted, kept, dropped, bytes_*); {_REMEDY}"
+        )
+    return done
+
+
+def input_rows(path: Path) -> int:
+    """Rows of the selected-input Parquet file, with a garbage file reported by name."""
+    try:
+        return pq.read_metadata(path).num_rows
+    except (OSError, pa.ArrowException) as exc:
+        raise VlpipeError(f"{path}: not a readable Parquet file ({_short(exc)}); {_REMEDY}") from exc
+
+
+def _selection_drop_reasons(path: Path) -> list[str]:
+    try:
+        return pq.read_table(path, columns=["reason"]).column("reason").to_pylist()
+    except (OSError, KeyError, pa.ArrowException) as exc:
+        raise VlpipeError(f"{path}: not a readable drop table ({_short(exc)}); {_REMEDY}") from exc
 
 
 def fetch_report(out: str | Path) -> dict[str, Any]:
     """Counts, drop reasons, bytes and throughput of the fetch in `out`."""
     out = Path(out)
     config_path = out / CONFIG_FILE
-    if not config_path.exists():
+    if not config_path.is_file():
         raise VlpipeError(f"{out}: not a vlpipe fetch output (no {CONFIG_FILE})")
-    record = json.loads(config_path.read_text())
+    record = load_record(config_path)
     dropped: Counter[str] = Counter()
     selected = 0
     if (out / INPUT_FILE).exists():
-        selected = pq.read_metadata(out / INPUT_FILE).num_rows
-        dropped.update(
-            pq.read_table(out / SELECTION_DROPS_FILE, columns=["reason"]).column("reason").to_pylist()
-        )
+        selected = input_rows(out / INPUT_FILE)
+        dropped.update(_selection_drop_reasons(out / SELECTION_DROPS_FILE))
     dropped_before_download = sum(dropped.values())
     shard_size = record["options"]["shard_size"]
     expected_shards = -(-selected // shard_size)
-    done = [json.loads(p.read_text()) for p in sorted(out.glob("vlpipe_*_done.json"))]
+    done = [_load_done(p) for p in sorted(out.glob("vlpipe_*_done.json"))]
     downloaded = sum(d["attempted"] for d in done)
     kept = sum(d["kept"] for d in done)
     for d in done:

@@ -15,8 +15,10 @@ import random
 import re
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -119,34 +121,61 @@ def detect_columns(first_line: str, path: Path) -> Columns:
     return Columns(caption=1 - url_col, url=url_col, header=False)
 
 
-def _read_rows(path: Path, wanted: set[int] | None, limit: int | None) -> list[tuple[int, str, str]]:
-    """(row, caption, url) for data rows in `wanted` (or the first `limit`); row = 0-based data line."""
+def _decode(raw: bytes, path: Path, line_no: int) -> str:
+    """One line of the list as text; a byte that is not UTF-8 is an error naming file:line.
+
+    Conceptual Captions and the other published lists are UTF-8, so a bad byte means the file
+    is in another encoding or damaged; replacing it would silently store mangled captions.
+    """
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise VlpipeError(
+            f"{path}: line {line_no}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at byte {exc.start + 1}); "
+            "save the list as UTF-8"
+        ) from exc
+
+
+def _first_line(fh: BinaryIO, path: Path) -> str:
+    """Line 1 as text (a UTF-8 byte order mark removed), or an error for an empty file."""
+    first = fh.readline()
+    if not first.strip():
+        raise VlpipeError(f"{path}: the file is empty" if not first else f"{path}: line 1 is empty")
+    return _decode(first, path, 1).removeprefix("\ufeff")
+
+
+def _read_rows(
+    path: Path, wanted: set[int] | None, limit: int | None
+) -> tuple[list[tuple[int, str, str]], int]:
+    """(row, caption, url) for data rows in `wanted` (or the first `limit`); row = 0-based data line.
+
+    Also returns the number of header lines (0 or 1): file line of row r = r + 1 + header lines.
+
+    Only the lines of selected rows are decoded, so a bad byte in a row that was not asked for
+    does not stop a `--subset` fetch.
+    """
     rows: list[tuple[int, str, str]] = []
-    with open(path, encoding="utf-8", errors="replace", newline="\n") as fh:
-        first = fh.readline()
-        if not first:
-            raise VlpipeError(f"{path}: the file is empty")
+    with open(path, "rb") as fh:
+        first = _first_line(fh, path)
         columns = detect_columns(first, path)
-        lines = fh if columns.header else itertools.chain([first], fh)
-        for row, line in enumerate(lines):
+        skipped = 1 if columns.header else 0  # physical line of row r is r + 1 + skipped
+        lines: Iterator[bytes] = fh if columns.header else itertools.chain([first.encode()], fh)
+        for row, raw in enumerate(lines):
             if limit is not None and row >= limit:
                 break
             if wanted is not None and row not in wanted:
                 continue
-            fields = line.rstrip("\r\n").split("\t")
+            fields = _decode(raw, path, row + 1 + skipped).rstrip("\r\n").split("\t")
             caption = fields[columns.caption].strip() if len(fields) > columns.caption else ""
             url = fields[columns.url].strip() if len(fields) > columns.url else ""
             rows.append((row, caption, url))
-    return rows
+    return rows, skipped
 
 
 def count_rows(path: Path) -> int:
     """Number of data rows (a header line, if any, not counted)."""
-    with open(path, encoding="utf-8", errors="replace", newline="\n") as fh:
-        first = fh.readline()
-        if not first:
-            return 0
-        header = detect_columns(first, path).header
+    with open(path, "rb") as fh:
+        header = detect_columns(_first_line(fh, path), path).header
         return sum(1 for _ in fh) + (0 if header else 1)
 
 
@@ -156,6 +185,7 @@ class Selection:
 
     rows: pa.Table  # row (int64), caption, url
     drops: pa.Table  # row, url, reason, detail
+    header_lines: int = 0  # file line of row r is r + 1 + header_lines (for messages)
 
 
 def select_rows(path: Path, subset: int | None, *, sample: bool = False, seed: int = 0) -> Selection:
@@ -167,9 +197,9 @@ def select_rows(path: Path, subset: int | None, *, sample: bool = False, seed: i
     if sample and subset is not None:
         total = count_rows(path)
         picked = set(random.Random(seed).sample(range(total), min(subset, total)))
-        raw = _read_rows(path, picked, None)
+        raw, header_lines = _read_rows(path, picked, None)
     else:
-        raw = _read_rows(path, None, subset)
+        raw, header_lines = _read_rows(path, None, subset)
     keep: dict[str, list] = {"row": [], "caption": [], "url": []}
     drops: dict[str, list] = {"row": [], "url": [], "reason": [], "detail": []}
     first_row_of_url: dict[str, int] = {}
@@ -179,8 +209,9 @@ def select_rows(path: Path, subset: int | None, *, sample: bool = False, seed: i
             drops[name].append(value)
 
     for row, caption, url in raw:
-        problem = scheme_problem(url) if url else "bad_url"
-        if problem:
+        if not url:
+            drop(row, url, "bad_url", "empty URL")
+        elif problem := scheme_problem(url):
             drop(row, url, problem, "only http(s) URLs with a host are fetched")
         elif not caption:
             drop(row, url, "no_caption", "empty caption")
@@ -201,7 +232,7 @@ def select_rows(path: Path, subset: int | None, *, sample: bool = False, seed: i
             "detail": pa.array(drops["detail"], pa.string()),
         }
     )
-    return Selection(rows=rows, drops=drop_table)
+    return Selection(rows=rows, drops=drop_table, header_lines=header_lines)
 
 
 def write_parquet(table: pa.Table, path: Path) -> None:
