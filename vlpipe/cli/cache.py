@@ -75,7 +75,7 @@ def cache() -> None:
     """Inspect a cache built by `vlpipe build-cache`."""
 
 
-@cache.command()
+@cache.command(short_help="Re-check sizes, sha256, shapes, dtypes and token ids of a cache.")
 @click.argument("cache_dir", metavar="DIR", type=click.Path(path_type=str))
 @click.option("--no-checksums", is_flag=True, help="Skip the sha256 pass (sizes, shapes and tokens are still checked).")
 def verify(cache_dir: str, no_checksums: bool) -> None:
@@ -89,7 +89,7 @@ def verify(cache_dir: str, no_checksums: bool) -> None:
     click.echo(f"{cache_dir}: ok ({manifest.num_samples} samples in {len(manifest.shards)} shards)")
 
 
-@cache.command()
+@cache.command(short_help="Summary table of a cache; --grid draws a contact sheet.")
 @click.argument("cache_dir", metavar="DIR", type=click.Path(path_type=str))
 @click.option("--grid", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Also write a contact sheet PNG of random samples with their captions here.")

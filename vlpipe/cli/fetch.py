@@ -29,7 +29,7 @@ def _fetch_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--seed", default=0, show_default=True, help="Seed for --sample."),
         click.option("--shard-size", default=1000, show_default=True,
                      help="Samples per shard (each worker pays ~10 s to import img2dataset: keep it large)."),
-        click.option("--processes", default=os.cpu_count() or 1, show_default=True,
+        click.option("--processes", default=os.cpu_count() or 1, show_default="all CPUs",
                      help="img2dataset download processes."),
         click.option("--threads", default=64, show_default=True, help="Download threads per process."),
         click.option("--timeout", default=10.0, show_default=True,
@@ -84,7 +84,7 @@ def fetch() -> None:
     """
 
 
-@fetch.command("cc")
+@fetch.command("cc", short_help="Fetch Conceptual Captions (e.g. --subset 200k).")
 @click.option("--split", type=click.Choice(["train", "validation"]), default="train", show_default=True,
               help="Which Conceptual Captions file.")  # fmt: skip
 @click.option("--out", type=click.Path(path_type=Path), default=None,
@@ -103,7 +103,7 @@ def cc(split: str, out: Path | None, tsv: str | None, **opts: Any) -> None:
     click.echo(format_report(report))
 
 
-@fetch.command("tsv")
+@fetch.command("tsv", short_help="Fetch any caption/URL list: a TSV path or URL.")
 @click.argument("source")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
 @_fetch_options
@@ -119,7 +119,7 @@ def tsv(source: str, out: Path, **opts: Any) -> None:
     click.echo(format_report(report))
 
 
-@fetch.command("report")
+@fetch.command("report", short_help="Kept, dropped by reason, bytes and speed of a fetch.")
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def report(directory: Path, as_json: bool) -> None:

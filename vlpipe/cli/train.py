@@ -43,10 +43,11 @@ def train() -> None:
     """Pretrain a vision-language model on a cache, or fine-tune it on a labelled cache."""
 
 
-@train.command("pretrain")
-@click.option("--cache", type=click.Path(path_type=str), default=None, help="Cache directory from `vlpipe build-cache`.")
+@train.command("pretrain", short_help="Pretrain with MLM, alignment prediction and contrastive MIM.")
+@click.option("--cache", type=click.Path(path_type=str), default=None,
+              help="Cache directory from `vlpipe build-cache`. Required (here or in --config).")
 @click.option("--out", type=click.Path(path_type=str), default=None,
-              help="Run directory: checkpoints/, metrics.jsonl, plots/, config.json.")
+              help="Run directory: checkpoints/, metrics.jsonl, plots/, config.json. Required (here or in --config).")
 @click.option("--config", "config_file", type=click.Path(path_type=str), default=None,
               help="A .json or .toml file with any of these settings (keys are the option names with "
                    "underscores); flags given on the command line override it.")
@@ -79,9 +80,9 @@ def train() -> None:
 @click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the training step. [default: off]")
 @click.option("--device", default=None, help="auto | cpu | cuda | cuda:N (under torchrun: auto). [default: auto]")
 @click.option("--seed", type=int, default=None, help="Seeds init, data order and training masks. [default: 0]")
-@click.option("--eval-every", type=int, default=None, help="Evaluate every N optimizer steps; 0 = only at the end.")
+@click.option("--eval-every", type=int, default=None, help="Evaluate every N optimizer steps; 0 = only at the end. [default: 0]")
 @click.option("--eval-batch-size", type=int, default=None, help="Validation batch size. [default: 64]")
-@click.option("--ckpt-every", type=int, default=None, help="Checkpoint every N optimizer steps; 0 = only at the end.")
+@click.option("--ckpt-every", type=int, default=None, help="Checkpoint every N optimizer steps; 0 = only at the end. [default: 0]")
 @click.option("--log-every", type=int, default=None, help="Log train metrics every N optimizer steps. [default: 10]")
 @click.option("--resume", is_flag=True, default=None,
               help="Continue the run in --out from its latest checkpoint (same settings), exactly.")
@@ -130,11 +131,13 @@ def plot(run_dir: str) -> None:
         click.echo(str(path))
 
 
-@train.command("finetune")
+@train.command("finetune", short_help="Fine-tune a classifier on a labelled cache (seeds, mean ± std).")
 @click.option("--cache", type=click.Path(path_type=str), default=None,
-              help="Labelled cache from `vlpipe build-cache` (Hateful Memes, MM-IMDB, Food-101, generic).")
+              help="Labelled cache from `vlpipe build-cache` (Hateful Memes, MM-IMDB, Food-101, generic). "
+                   "Required (here or in --config).")
 @click.option("--out", type=click.Path(path_type=str), default=None,
-              help="Run directory: one seed-S/ sub-run per seed and summary.json (mean ± std over seeds).")
+              help="Run directory: one seed-S/ sub-run per seed and summary.json (mean ± std over seeds). "
+                   "Required (here or in --config).")
 @click.option("--config", "config_file", type=click.Path(path_type=str), default=None,
               help="A .json or .toml file (plain keys or a [finetune] table); flags override it.")
 @click.option("--init", default=None, metavar="PRETRAIN_RUN|none",
