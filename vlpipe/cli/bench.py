@@ -13,7 +13,7 @@ def bench() -> None:
     """Measure vlpipe's loader against JPEG-decoding loaders on this machine."""
 
 
-@bench.command(short_help="vlpipe's reader vs JPEG-decoding loaders, interleaved in one run.")
+@bench.command(short_help="vlpipe's reader vs the JPEG-decoding loaders, interleaved.")
 @click.option("--cache", required=True, type=click.Path(file_okay=False, path_type=str),
               help="vlpipe cache directory (from `vlpipe build-cache`).")
 @click.option("--source", type=click.Path(file_okay=False, path_type=str), default=None,
