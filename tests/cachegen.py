@@ -163,3 +163,15 @@ def write_layout(root: Path, layout: str, shards: list[list[Item]]) -> Path:
                            root / f"{name}.parquet")
         (root / f"{name}_stats.json").write_text(json.dumps({"count": len(items), "successes": len(items)}))
     return root
+
+
+def captioned_cache(root: Path, n: int, seed: int, val_fraction: float) -> Path:
+    """A real 32 px / 8 px-patch cache of `n` synthetic captioned images (the demo's generator),
+    built in a second or two: for tests that train or only need a cache to open."""
+    from vlpipe.cache.writer import build_cache
+    from vlpipe.demo.synth import make_dataset
+
+    captions = make_dataset(root / "src", n=n, seed=seed, image_size=32)
+    build_cache(captions, root / "cache", image_size=32, patch_size=8, max_len=16, tokenizer="wordpiece:200",
+                val_fraction=val_fraction, processes=1, quiet=True)
+    return root / "cache"

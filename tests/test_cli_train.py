@@ -2,6 +2,7 @@
 
 import json
 
+import cachegen
 import pytest
 
 from vlpipe.cli.main import main
@@ -62,14 +63,7 @@ def test_pretrain_from_config_file_with_flag_override_then_plot(tmp_path, capsys
 @pytest.fixture(scope="module")
 def tiny_cache(tmp_path_factory):
     """An 8-sample captions cache: enough for the checks that only run once a cache is opened."""
-    from vlpipe.cache.writer import build_cache
-    from vlpipe.demo.synth import make_dataset
-
-    root = tmp_path_factory.mktemp("cli-train")
-    captions = make_dataset(root / "src", n=8, seed=2, image_size=32)
-    build_cache(captions, root / "cache", image_size=32, patch_size=8, max_len=16, tokenizer="wordpiece:200",
-                val_fraction=0.25, processes=1, quiet=True)
-    return root / "cache"
+    return cachegen.captioned_cache(tmp_path_factory.mktemp("cli-train"), n=8, seed=2, val_fraction=0.25)
 
 
 def _one_error_line(code, err, *needles):

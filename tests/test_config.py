@@ -68,10 +68,15 @@ def test_bad_files(tmp_path):
     ({"compile": "yes"}, "bad.json: compile must be true or false, got 'yes'"),
 ])
 def test_wrong_types_in_a_file_name_the_file_and_the_key(tmp_path, values, message):
+    with pytest.raises(VlpipeError, match=message):
+        _load_with(tmp_path, values)
+
+
+def _load_with(tmp_path, values):
+    """Load a config file holding a valid minimum plus `values`."""
     path = tmp_path / "bad.json"
     path.write_text(json.dumps({"cache": "c", "out": "o", "steps": 1} | values))
-    with pytest.raises(VlpipeError, match=message):
-        load_config(path)
+    return load_config(path)
 
 
 def test_types_are_checked_for_configs_built_in_python_too():
@@ -106,10 +111,8 @@ def test_int_counts_as_float_and_lists_become_tuples(tmp_path):
     ({"workers": -1}, "workers must be >= 0"),
 ])
 def test_out_of_range_settings_are_refused(tmp_path, values, message):
-    path = tmp_path / "bad.json"
-    path.write_text(json.dumps({"cache": "c", "out": "o", "steps": 1} | values))
     with pytest.raises(VlpipeError, match=message):
-        load_config(path)
+        _load_with(tmp_path, values)
 
 
 def test_cuda_device_needs_cuda():

@@ -2,6 +2,7 @@
 
 import json
 
+import cachegen
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -17,14 +18,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def small_cache(tmp_path_factory):
     """48 synthetic captioned images, 32 px with 8 px patches: a real cache in a second or two."""
-    from vlpipe.cache.writer import build_cache
-    from vlpipe.demo.synth import make_dataset
-
-    root = tmp_path_factory.mktemp("train_cache")
-    captions = make_dataset(root / "src", n=48, seed=0, image_size=32)
-    build_cache(captions, root / "cache", image_size=32, patch_size=8, max_len=16, tokenizer="wordpiece:200",
-                val_fraction=0.2, processes=1, quiet=True)
-    return root / "cache"
+    return cachegen.captioned_cache(tmp_path_factory.mktemp("train_cache"), n=48, seed=0, val_fraction=0.2)
 
 
 
