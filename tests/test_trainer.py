@@ -47,8 +47,11 @@ def test_resume_after_crash_equals_uninterrupted_run(small_cache, tmp_path):
     with pytest.raises(RuntimeError, match="simulated crash"):
         pretrain(_config(small_cache, tmp_path / "cut", ckpt_every=3), on_step=crash)
     assert [r["step"] for r in read_metrics(tmp_path / "cut" / "metrics.jsonl")][-1] == 4  # step 4 was logged after the step-3 checkpoint: it must be redone
+    # Settings that change what is trained must stay; how it runs (workers, logging) may change.
+    with pytest.raises(VlpipeError, match=r"trained with other settings \(lr 0.001 -> 0.002, seed 0 -> 1\)"):
+        pretrain(_config(small_cache, tmp_path / "cut", ckpt_every=3, resume=True, lr=2e-3, seed=1))
     redone: list[int] = []
-    resumed = pretrain(_config(small_cache, tmp_path / "cut", ckpt_every=3, resume=True),
+    resumed = pretrain(_config(small_cache, tmp_path / "cut", ckpt_every=3, resume=True, workers=2),
                        on_step=lambda info: redone.append(info.step))
     # A true resume: it goes on from the step-3 checkpoint (a rerun from scratch would give the same
     # losses and weights, since training is deterministic).
