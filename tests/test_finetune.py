@@ -292,3 +292,21 @@ def test_init_with_a_bad_latest_pointer_is_a_clear_error(caches, tmp_path, point
     with pytest.raises(VlpipeError, match=r"latest.json is not a valid checkpoint pointer \(expected"):
         finetune(_config(memes, tmp_path / "ft", init=str(run)))
     assert not (tmp_path / "ft").exists()
+
+
+@pytest.mark.parametrize(("model", "message"), [
+    ('"x"', "'model' must be an object, got str"),
+    ('{"vision": 5}', "config.json: model option vision must be a table"),
+    ('{"vision": {"depth": "x"}}', "config.json: "),
+])
+def test_init_with_a_damaged_model_config_is_a_clear_error(caches, tmp_path, model, message):
+    memes, _ = caches
+    step = tmp_path / "pre" / "checkpoints" / "step_00000001"
+    step.mkdir(parents=True)
+    (step / "state.json").write_text("{}")
+    (step / "model.safetensors").write_bytes(b"")  # never read: the config is checked first
+    (step / "config.json").write_text(f'{{"model": {model}}}')
+    (step.parent / "latest.json").write_text('{"checkpoint": "step_00000001"}')
+    with pytest.raises(VlpipeError, match=message) as info:
+        finetune(_config(memes, tmp_path / "ft", init=str(tmp_path / "pre")))
+    assert "\n" not in str(info.value) and not (tmp_path / "ft").exists()

@@ -189,9 +189,16 @@ def model_config_for_finetune(config: FinetuneConfig, manifest: Manifest) -> tup
     checkpoint = pretrain_checkpoint(config.init)
     try:
         saved = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))["model"]
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise VlpipeError(f"{checkpoint}/config.json has no model config ({exc})") from exc
-    cfg = ModelConfig.from_dict(saved)
+    if not isinstance(saved, dict):
+        raise VlpipeError(f"{checkpoint}/config.json: 'model' must be an object, got {type(saved).__name__}")
+    try:
+        cfg = ModelConfig.from_dict(saved)
+    except VlpipeError as exc:
+        raise VlpipeError(f"{checkpoint}/config.json: {exc}") from None
+    except (TypeError, KeyError, ValueError, AttributeError) as exc:
+        raise VlpipeError(f"{checkpoint}/config.json: not a valid model config ({exc})") from None
     have = {"vocab_size": cfg.text.vocab_size, "max_len": cfg.text.max_len,
             "image_size": cfg.vision.image_size, "patch_size": cfg.vision.patch_size}
     wrong = [f"{k} {have[k]} vs {geometry[k]}" for k in GEOMETRY_KEYS if have[k] != geometry[k]]
