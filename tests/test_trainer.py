@@ -127,3 +127,13 @@ def test_loader_modes_train_identically_across_epochs_and_leave_no_workers(small
     a, b = _weights(tmp_path / "threads", 8), _weights(tmp_path / "procs", 8)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not multiprocessing.active_children()
+
+
+def test_resume_from_a_state_missing_trainer_fields_is_a_clear_error(small_cache, tmp_path):
+    pretrain(_config(small_cache, tmp_path, steps=2, ckpt_every=1))
+    state_file = tmp_path / "checkpoints" / "step_00000002" / "state.json"
+    state = json.loads(state_file.read_text())
+    del state["sampler"]
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(VlpipeError, match=r"step_00000002/state.json: not a valid checkpoint \(missing or bad 'sampler'\)"):
+        pretrain(_config(small_cache, tmp_path, steps=2, ckpt_every=1, resume=True))

@@ -149,8 +149,11 @@ class _Run:
             raise VlpipeError(f"{existing} was made for {state.get('total_steps')} steps but this run has "
                               f"{self.total_steps}; keep --steps/--epochs/--batch-size as they were to resume")
         self._check_same_recipe(existing)
-        self.step, self.micro, self.epoch = state["step"], state["micro"], state["epoch"]
-        self.sampler.load_state_dict(state["sampler"])
+        try:
+            self.step, self.micro, self.epoch = state["step"], state["micro"], state["epoch"]
+            self.sampler.load_state_dict(state["sampler"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise VlpipeError(f"{existing}/state.json: not a valid checkpoint (missing or bad {exc})") from None
         self.last_checkpoint = existing
         if self.metrics is not None:
             self.metrics.truncate_after(self.step)
