@@ -26,6 +26,7 @@ from vlpipe.fetch.verify import (
     map_error,
     normalize,
 )
+from vlpipe.imaging import load_rgb
 
 CONFIG = VerifyConfig(max_pixels=4_000_000)
 
@@ -186,6 +187,11 @@ def test_draft_decoding_keeps_size_orientation_and_colours() -> None:
     Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90).save(buffer, "JPEG", quality=95, exif=exif)
     data = buffer.getvalue()
 
+    # The reduced-scale decode really happens: the decoded image is smaller than the file's 1200x800
+    # (libjpeg's 1/2 or 1/4 DCT scaling), yet its sides stay >= the 256 px target.
+    decoded = load_rgb(data, draft_size=CONFIG.image_size)
+    assert decoded.size[0] < 1200 and min(decoded.size) >= CONFIG.image_size
+    assert decoded.info["original_size"] == (1200, 800)
     drafted, sizes = normalize(data, CONFIG)
     full, full_sizes = normalize(data, VerifyConfig(max_pixels=4_000_000, image_size=0))
     assert sizes == {"width": 384, "height": 256, "original_width": 1200, "original_height": 800}

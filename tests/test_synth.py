@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,7 @@ def test_captions_match_pixels(dataset: Path) -> None:
 
 
 def test_caption_states_the_drawn_facts(dataset: Path) -> None:
+    checked: Counter[str] = Counter()  # every positional check below must have run at least once
     for scene in _scenes(dataset):
         caption = scene["caption"].lower()
         for obj in scene["objects"]:
@@ -87,12 +89,16 @@ def test_caption_states_the_drawn_facts(dataset: Path) -> None:
             x, y = scene["objects"][0]["center"]
             if "left" in caption:
                 assert x < 96 / 2
+                checked["left"] += 1
             if "right" in caption:
                 assert x > 96 / 2
+                checked["right"] += 1
             if "top" in caption:
                 assert y < 96 / 2
+                checked["top"] += 1
             if "bottom" in caption:
                 assert y > 96 / 2
+                checked["bottom"] += 1
         if scene["kind"] == "pair":
             a, b = scene["objects"]  # drawn first-left/above; the caption may say it either way round
             mentions = [(caption.find(f"{w} "), c) for c, ws in COLOUR_WORDS.items() for w in ws]
@@ -100,12 +106,17 @@ def test_caption_states_the_drawn_facts(dataset: Path) -> None:
             first_obj, second_obj = (a, b) if a["colour"] == first else (b, a)
             if " above " in caption:
                 assert first_obj["center"][1] < second_obj["center"][1]
+                checked["above"] += 1
             if " below " in caption:
                 assert first_obj["center"][1] > second_obj["center"][1]
+                checked["below"] += 1
             if "left of" in caption:
                 assert first_obj["center"][0] < second_obj["center"][0]
+                checked["left of"] += 1
             if "right of" in caption:
                 assert first_obj["center"][0] > second_obj["center"][0]
+                checked["right of"] += 1
+    assert set(checked) == {"left", "right", "top", "bottom", "above", "below", "left of", "right of"}, checked
 
 
 def test_random_pairs_differ_in_key_facts(dataset: Path) -> None:
