@@ -148,6 +148,8 @@ def test_seeds_summary_and_exact_resume(caches, tmp_path):
         finetune(_config(memes, tmp_path / "cut", seeds=(0, 1)), on_step=crash)
     with pytest.raises(VlpipeError, match="--resume"):
         finetune(_config(memes, tmp_path / "cut", seeds=(0, 1)))
+    with pytest.raises(VlpipeError, match=r"trained with other settings \(lr 0.001 -> 0.002\)"):
+        finetune(_config(memes, tmp_path / "cut", seeds=(0, 1), resume=True, lr=2e-3))
     steps: list[tuple[int, int]] = []
     resumed = finetune(_config(memes, tmp_path / "cut", seeds=(0, 1), resume=True),
                        on_step=lambda seed, step: steps.append((seed, step)))

@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +157,24 @@ def start_run_dir(run_dir: Path, resume: bool, is_main: bool = True) -> Path | N
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     return existing
+
+
+def check_same_recipe(checkpoint: Path, section: str, now: dict[str, Any], fixed: Iterable[str]) -> None:
+    """Refuse to resume with settings that change what is trained: an exact resume is promised.
+
+    `fixed` names the settings of the run's config (`section` of the checkpoint's config.json) that
+    must not change; the rest (device, workers, logging, eval and checkpoint cadence, compile, the
+    cache's location) may. Values are compared as JSON has them (tuples are lists there).
+    """
+    try:
+        saved = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))[section]
+        changed = [k for k in fixed if k in saved and json.loads(json.dumps(now[k])) != saved[k]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise VlpipeError(f"{checkpoint}/config.json: not a valid checkpoint config ({_one_line(exc)})") from None
+    if changed:
+        shown = ", ".join(f"{k} {saved[k]!r} -> {now[k]!r}" for k in changed)
+        raise VlpipeError(f"{checkpoint} was trained with other settings ({shown}); "
+                          "resume with the run's own settings, or start a new --out")
 
 
 def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:

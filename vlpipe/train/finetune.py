@@ -57,6 +57,13 @@ STOP_METRICS = {"binary": ("auroc", "accuracy"), "multiclass": ("top1", "top5"),
 GEOMETRY_KEYS = ("vocab_size", "max_len", "image_size", "patch_size")
 
 
+# FinetuneConfig fields (and the run's seed) that decide what a seed run trains: a resume must keep
+# them (checkpoint.check_same_recipe). `seeds` may grow: a resume with more seeds adds runs.
+RESUME_FIXED = ("init", "preset", "model_overrides", "task", "fusion", "metric", "epochs", "patience", "class_weighted",
+                "batch_size", "grad_accum", "lr", "min_lr_ratio", "warmup", "weight_decay", "betas", "grad_clip",
+                "head_dropout", "precision", "seed")
+
+
 @dataclass
 class FinetuneConfig:
     """Everything a fine-tuning run depends on (saved in each seed's config.json)."""
@@ -274,8 +281,12 @@ class _SeedRun:
         if state.get("total_steps") != self.total_steps:
             raise VlpipeError(f"{existing} was made for {state.get('total_steps')} steps but this run has "
                               f"{self.total_steps}; keep --epochs/--batch-size as they were to resume")
-        self.step = state["step"]
-        self.state = {k: state[k] for k in self.state}
+        ckpt.check_same_recipe(existing, "finetune", {**self.config.to_dict(), "seed": self.seed}, RESUME_FIXED)
+        try:
+            self.step = state["step"]
+            self.state = {k: state[k] for k in self.state}
+        except KeyError as exc:
+            raise VlpipeError(f"{existing}/state.json: not a valid checkpoint (missing {exc})") from None
         self.last_checkpoint = existing
 
     def run(self) -> dict[str, Any]:

@@ -9,7 +9,6 @@ the teacher follows. All host syncs are batched at logging, evaluation and check
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -36,15 +35,10 @@ from vlpipe.train.schedule import WarmupCosine, warmup_steps_for
 from vlpipe.train.tasks import TaskSettings, TextSpecials, prepare_batch
 from vlpipe.utils.atomic import write_json_atomic
 
-# PretrainConfig fields that decide what a run trains: a resume must keep them (see _check_same_recipe).
+# PretrainConfig fields that decide what a run trains: a resume must keep them (checkpoint.check_same_recipe).
 RESUME_FIXED = ("preset", "model_overrides", "tasks", "task_weights", "mlm_prob", "mim_prob", "mim_tau", "ema_decay",
                 "steps", "epochs", "batch_size", "grad_accum", "lr", "min_lr_ratio", "warmup", "weight_decay",
                 "betas", "grad_clip", "precision", "seed", "eval_seed")
-
-
-def _plain(value: Any) -> Any:
-    """JSON's view of a value (tuples are lists there), for comparing a saved config with a live one."""
-    return json.loads(json.dumps(value))
 
 
 @dataclass
@@ -148,7 +142,7 @@ class _Run:
         if state.get("total_steps") != self.total_steps:
             raise VlpipeError(f"{existing} was made for {state.get('total_steps')} steps but this run has "
                               f"{self.total_steps}; keep --steps/--epochs/--batch-size as they were to resume")
-        self._check_same_recipe(existing)
+        ckpt.check_same_recipe(existing, "pretrain", self.config.to_dict(), RESUME_FIXED)
         try:
             self.step, self.micro, self.epoch = state["step"], state["micro"], state["epoch"]
             self.sampler.load_state_dict(state["sampler"])
@@ -157,23 +151,6 @@ class _Run:
         self.last_checkpoint = existing
         if self.metrics is not None:
             self.metrics.truncate_after(self.step)
-
-    def _check_same_recipe(self, checkpoint: Path) -> None:
-        """Refuse to resume with settings that change what is trained (an exact resume is promised).
-
-        Settings that only change how it runs (device, workers, logging, eval and checkpoint
-        cadence, compile, the cache's location) may differ.
-        """
-        try:
-            saved = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))["pretrain"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise VlpipeError(f"{checkpoint}/config.json: not a valid checkpoint config ({exc})") from None
-        now = self.config.to_dict()
-        changed = [k for k in RESUME_FIXED if k in saved and _plain(saved[k]) != _plain(now[k])]
-        if changed:
-            shown = ", ".join(f"{k} {saved[k]!r} -> {now[k]!r}" for k in changed)
-            raise VlpipeError(f"{checkpoint} was trained with other settings ({shown}); "
-                              "resume with the run's own settings, or start a new --out")
 
     def _save(self) -> None:
         """Rank 0 writes a checkpoint, unless the loss went bad since the last one."""
