@@ -127,6 +127,8 @@ def test_bad_latest_pointer_is_a_clear_error(tmp_path, pointer):
     ("state.json", lambda p: p.write_text('[1]'), r"state.json: not a valid checkpoint \(expected an object"),
     ("state.json", lambda p: p.write_text('{"step": 1, "optimizer": {}}'),
      "optimizer.safetensors: not a valid checkpoint"),
+    # no optimizer section: state.json is the broken file, not optimizer.safetensors
+    ("state.json", lambda p: p.write_text('{"step": 4}'), r"state.json: not a valid checkpoint \(no 'optimizer'"),
     ("model.safetensors", lambda p: p.write_bytes(p.read_bytes()[:100]), "model.safetensors: not a valid checkpoint"),
     ("model.safetensors", lambda p: p.unlink(), "model.safetensors: not a valid checkpoint"),
     ("teacher.safetensors", lambda p: p.write_bytes(b""), "teacher.safetensors: not a valid checkpoint"),

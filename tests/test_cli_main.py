@@ -45,3 +45,14 @@ def test_describe_os_error_names_both_paths_of_a_rename() -> None:
     assert describe_os_error(OSError(18, "Invalid cross-device link", "/a", None, "/b")) == (
         "/a -> /b: Invalid cross-device link")
     assert describe_os_error(OSError("no errno")) == "no errno"
+
+
+def test_describe_os_error_shows_the_asked_for_name_and_what_is_wrong(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(FileExistsError) as info:  # what mkdir(exist_ok=True) raises for a file
+        afile.mkdir(parents=True, exist_ok=True)
+    assert describe_os_error(info.value) == f"{afile}: exists and is not a folder"
+    # a crash-safe write's temporary name is reported as the file the user named
+    missing = FileNotFoundError(2, "No such file or directory", "/proc/.tmp-10710-x.png")
+    assert describe_os_error(missing) == "/proc/x.png: No such file or directory"

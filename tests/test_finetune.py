@@ -265,7 +265,8 @@ def test_multilabel_threshold_from_val_and_multiclass_metrics(caches, tmp_path):
     ({"head_dropout": 2}, r"config: head_dropout must be in \[0, 1\), got 2"),
     ({"head_dropout": 1}, r"config: head_dropout must be in \[0, 1\), got 1"),
     ({"patience": -1}, r"config: patience must be >= 0 \(0 = never stop early\), got -1$"),
-    ({"lr": 0}, "config: lr must be > 0, got 0$"),
+    ({"lr": 0}, "config: lr must be a finite number > 0, got 0$"),
+    ({"lr": float("inf")}, "config: lr must be a finite number > 0, got inf$"),
     ({"device": "foo"}, "--device foo: expected auto, cpu, cuda or cuda:N"),
     ({"warmup": -1}, "warmup must be >= 0"),
     ({"grad_clip": -1}, "grad_clip must be >= 0"),
@@ -312,3 +313,19 @@ def test_init_with_a_damaged_model_config_is_a_clear_error(caches, tmp_path, mod
     with pytest.raises(VlpipeError, match=message) as info:
         finetune(_config(memes, tmp_path / "ft", init=str(tmp_path / "pre")))
     assert "\n" not in str(info.value) and not (tmp_path / "ft").exists()
+
+
+def test_out_must_be_empty_or_a_finetuning_runs_own(caches, tmp_path):
+    memes, _ = caches
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "important.txt").write_text("data")
+    (foreign / "seed-0").mkdir()  # a fine-tuning run's own entry does not make the folder ours
+    with pytest.raises(VlpipeError, match=r"--out .*foreign holds files that are not from a vlpipe "
+                                          r"fine-tuning run \(important.txt\)"):
+        finetune(_config(memes, foreign))
+    assert sorted(p.name for p in foreign.iterdir()) == ["important.txt", "seed-0"]
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(VlpipeError, match="exists and is not a folder"):
+        finetune(_config(memes, afile))

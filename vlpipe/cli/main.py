@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 
 import click
 
 from vlpipe import __version__
 from vlpipe.errors import VlpipeError
+from vlpipe.utils.atomic import TMP_PREFIX
 
 # name -> (module, attribute, one-line help shown in `vlpipe --help`)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -90,9 +92,16 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def describe_os_error(exc: OSError) -> str:
-    """`PATH: reason` (both paths for a failed rename), without Python's `[Errno N]` prefix."""
+    """`PATH: reason` (both paths for a failed rename), without Python's `[Errno N]` prefix.
+
+    A crash-safe write's temporary name is shown as the file the user asked for, and mkdir's
+    "File exists" for a path that is a file says what is actually wrong.
+    """
     reason = exc.strerror or str(exc)
-    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    paths = [re.sub(rf"{re.escape(TMP_PREFIX)}\d+-", "", str(p)) for p in (exc.filename, exc.filename2)
+             if p is not None]
+    if isinstance(exc, FileExistsError) and paths and os.path.exists(paths[0]) and not os.path.isdir(paths[0]):
+        reason = "exists and is not a folder"
     return f"{' -> '.join(paths)}: {reason}" if paths else reason
 
 

@@ -75,9 +75,10 @@ class DemoConfig:
                 raise VlpipeError(f"{name} must be positive, got {value}")
         if not self.lr > 0:
             raise VlpipeError(f"--lr must be positive, got {self.lr}")
-        if not self.bench_seconds > 0 or self.bench_rounds < 1:
-            raise VlpipeError(f"--bench-seconds must be positive and --bench-rounds >= 1, "
-                              f"got {self.bench_seconds} and {self.bench_rounds}")
+        if not self.bench_seconds > 0:
+            raise VlpipeError(f"--bench-seconds must be positive, got {self.bench_seconds}")
+        if self.bench_rounds < 1:
+            raise VlpipeError(f"bench_rounds must be >= 1, got {self.bench_rounds}")
         if self.image_size % self.patch_size:
             raise VlpipeError(f"--image-size {self.image_size} is not a multiple of --patch-size {self.patch_size}")
 

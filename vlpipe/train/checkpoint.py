@@ -225,6 +225,8 @@ def load_checkpoint(
         # Loaded on the CPU: `load_state_dict` moves moments to each parameter's device itself and
         # keeps the `step` counters where the optimizer implementation expects them.
         file = path / "optimizer.safetensors"
+        if not isinstance(state.get("optimizer"), dict):
+            raise VlpipeError(f"{state_file}: not a valid checkpoint (no 'optimizer' section)")
         tensors = _read_tensors(file)
         try:
             optimizer.load_state_dict(optimizer_state_from_files(tensors, state["optimizer"]))

@@ -100,8 +100,8 @@ class PretrainConfig:
         if not 0 <= self.ema_decay < 1:
             raise VlpipeError(f"config: ema_decay must be in [0, 1), got {self.ema_decay}")
         for name in ("mim_tau", "lr"):
-            if not getattr(self, name) > 0:
-                raise VlpipeError(f"config: {name} must be > 0, got {getattr(self, name)}")
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise VlpipeError(f"config: {name} must be a finite number > 0, got {getattr(self, name)}")
         unknown = sorted(set(self.task_weights) - set(TASKS))
         if unknown:
             raise VlpipeError(f"config: task_weights has unknown task(s) {', '.join(unknown)}; "

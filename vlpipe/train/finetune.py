@@ -14,6 +14,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,7 +48,7 @@ from vlpipe.train.metrics import MetricsWriter
 from vlpipe.train.model_setup import cache_geometry, make_loader, make_optimizer, precision_context
 from vlpipe.train.report import SUMMARY_FILE, json_number, summarize
 from vlpipe.train.schedule import WarmupCosine, warmup_steps_for
-from vlpipe.utils.atomic import atomic_path, write_json_atomic
+from vlpipe.utils.atomic import TMP_PREFIX, atomic_path, write_json_atomic
 
 RESULT_FILE = "result.json"
 BEST_FILE = "best.safetensors"
@@ -122,8 +123,8 @@ class FinetuneConfig:
                 raise VlpipeError(f"config: {name} must be >= 1, got {getattr(self, name)}")
         if self.patience < 0:
             raise VlpipeError(f"config: patience must be >= 0 (0 = never stop early), got {self.patience}")
-        if not self.lr > 0:
-            raise VlpipeError(f"config: lr must be > 0, got {self.lr}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise VlpipeError(f"config: lr must be a finite number > 0, got {self.lr}")
         if not 0 <= self.head_dropout < 1:  # torch's dropout accepts p = 1, which zeroes the head's input
             raise VlpipeError(f"config: head_dropout must be in [0, 1), got {self.head_dropout}")
         check_common(self)
@@ -164,12 +165,32 @@ def finetune(config: FinetuneConfig, on_step: Callable[[int, int], None] | None 
     """
     config.validate()
     out = Path(config.out)
+    _check_out(out)
     results = {}
     for seed in config.seeds:
         results[seed] = _SeedRun(config, seed, on_step).run()
     summary = summarize(results, init=config.init, fusion=config.fusion, class_weighted=config.class_weighted)
     write_json_atomic(out / SUMMARY_FILE, summary)
     return FinetuneResult(out, summary)
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an --out that holds anything but a fine-tuning run's own files (seed-S/, summary.json).
+
+    Seed runs and the summary would be written beside someone else's files, or inside a pretraining
+    run's folder, mixing two layouts; the seed folders themselves are checked by start_run_dir.
+    """
+    if not out.is_dir():
+        if out.exists():
+            raise VlpipeError(f"--out {out}: exists and is not a folder")
+        return
+    foreign = sorted(p.name for p in out.iterdir()
+                     if not (p.name == SUMMARY_FILE or p.name.startswith(TMP_PREFIX)
+                             or (p.is_dir() and re.fullmatch(r"seed-\d+", p.name))))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise VlpipeError(f"--out {out} holds files that are not from a vlpipe fine-tuning run ({shown}); "
+                          "choose an empty or new folder")
 
 
 def _resolve_task(config: FinetuneConfig, manifest: Manifest) -> tuple[str, int]:
