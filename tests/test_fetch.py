@@ -137,6 +137,10 @@ def test_resume_after_killed_run(fetched: tuple[Path, dict], server: ImageServer
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert not fetch_report(resumed)["complete"]
+    # What the killed run finished must survive the resume untouched (not redone, not rewritten).
+    finished = {p: p.stat().st_mtime_ns for done in resumed.glob("vlpipe_*_done.json")
+                for p in (done, resumed / f"{done.name.split('_')[1]}.tar")}
+    assert finished and all(p.exists() for p in finished)
     # A verified shard half-written under its temporary name, as a kill during the rename leaves it.
     (resumed / ".tmp-4242-00001.tar").write_bytes((out / "00001.tar").read_bytes()[:1000])
 
@@ -147,6 +151,7 @@ def test_resume_after_killed_run(fetched: tuple[Path, dict], server: ImageServer
         k: report[k] for k in ("attempted", "kept", "dropped")
     }
     assert again["complete"] and not list(resumed.glob(".tmp-*"))
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished
     assert not list((resumed / "vlpipe_staging").glob("*.tar"))
 
 
