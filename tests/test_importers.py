@@ -81,6 +81,17 @@ def test_text_init_checks_vocab_and_shapes():
     assert hf_text_config("minilm")["hidden"] == 384
 
 
+def test_text_init_says_where_co_attention_can_go_in_a_shallower_checkpoint():
+    from vlpipe.model.config import apply_overrides, make_config
+
+    base = make_config("base", vocab_size=30522, max_len=64)  # co-attention after text layers 6..11
+    with pytest.raises(VlpipeError, match=r"minilm: the checkpoint has 6 text layers .* \[6, 7, 8, 9, 10, 11\]; "
+                                          r'.*"text_layers": \[1, 2, 3, 4, 5, 6\]'):
+        text_init(base, "minilm")
+    moved = apply_overrides(base, {"coattn": {"text_layers": (1, 2, 3, 4, 5, 6)}})  # the suggested fix works
+    assert text_init(moved, "minilm").text.layers == 6
+
+
 def test_bert_for_pretraining_bin_matches_transformers(tmp_path):
     """A `.bin` BertForPreTraining checkpoint: `bert.` prefix, MLM transform and decoder bias included."""
     import transformers  # a dependency (pyproject): missing must fail, not skip

@@ -184,6 +184,13 @@ def text_init(model_or_config: nn.Module | ModelConfig, spec: str | Path) -> int
             raise VlpipeError(f"{spec}: max_len {cfg.text.max_len} exceeds the checkpoint's "
                               f"{text['max_len']} position embeddings")
         text["max_len"] = cfg.text.max_len
+        layers, points = text["layers"], cfg.coattn.text_layers
+        if points and max(points) > layers:
+            fits = tuple(range(layers - len(points) + 1, layers + 1)) if len(points) <= layers else None
+            hint = (f'e.g. "model_overrides": {{"coattn": {{"text_layers": {list(fits)}}}}} in a --config file'
+                    if fits else "use a preset with fewer co-attention layers (e.g. tiny)")
+            raise VlpipeError(f"{spec}: the checkpoint has {layers} text layers but the model's co-attention "
+                              f"follows text layers {list(points)}; place it within 0..{layers}: {hint}")
         return apply_overrides(cfg, {"text": text})
     model = _as_model(model_or_config)
     text_only = not hasattr(model, "text")  # a bare TextStream: keep only its own tensors
