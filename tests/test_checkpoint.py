@@ -172,3 +172,8 @@ def test_a_fresh_run_starts_only_in_an_empty_folder_or_a_runs_own(tmp_path):
         start_run_dir(theirs, resume=False)
     assert (theirs / "metrics.jsonl").read_text() == "precious\n"
     assert start_run_dir(tmp_path / "new" / "run", resume=False) is None and (tmp_path / "new" / "run").is_dir()
+
+
+def test_resume_without_a_checkpoint_starts_fresh_and_says_so(tmp_path, capsys):
+    assert start_run_dir(tmp_path / "typo", resume=True) is None
+    assert capsys.readouterr().err == f"--resume: no checkpoint in {tmp_path / 'typo'}; starting a fresh run\n"

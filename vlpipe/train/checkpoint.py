@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,9 @@ def start_run_dir(run_dir: Path, resume: bool, is_main: bool = True) -> Path | N
     touches the directory.
     """
     existing = latest_checkpoint(run_dir)
+    if existing is None and resume and is_main:
+        # Allowed, so a job script can always pass --resume; said, so a mistyped --out is noticed.
+        print(f"--resume: no checkpoint in {run_dir}; starting a fresh run", file=sys.stderr)
     if existing is not None and not resume:
         raise VlpipeError(f"{run_dir} already has checkpoints ({existing.name}); "
                           "pass --resume to continue it or choose another --out")
