@@ -9,6 +9,7 @@ from typing import Any
 from vlpipe.errors import VlpipeError
 from vlpipe.train.metrics import ACCURACY_NAME, METRICS_FILE, read_metrics
 from vlpipe.train.tasks import TASKS
+from vlpipe.utils.atomic import atomic_path
 
 PLOTS_DIR = "plots"
 
@@ -56,10 +57,7 @@ def plot_run(run_dir: str | os.PathLike[str]) -> list[Path]:
             ax.legend()
         fig.tight_layout()
         path = out_dir / ("loss.png" if title == "total" else f"{title}.png")
-        tmp = path.with_name(f".tmp-{path.name}")
-        fig.savefig(tmp, dpi=100, format="png")
-        plt.close(fig)
-        os.replace(tmp, path)
+        _save(fig, path, plt)
         written.append(path)
     written += _plot_classification(records, out_dir, plt)
     return written
@@ -84,8 +82,14 @@ def _plot_classification(records: list[dict], out_dir: Path, plt: Any) -> list[P
     ax.legend()
     fig.tight_layout()
     path = out_dir / "metrics.png"
-    tmp = path.with_name(f".tmp-{path.name}")
-    fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
+    _save(fig, path, plt)
     return [path]
+
+
+def _save(fig: Any, path: Path, plt: Any) -> None:
+    """Crash-safe (a temporary name, then a rename; no temporary left if saving fails); frees the figure."""
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
+    finally:
+        plt.close(fig)
