@@ -119,6 +119,9 @@ def test_config_file_with_a_string_number(tmp_path, capsys):
     ("dropout=1.5", "model option vision.dropout must be in [0, 1), got 1.5"),
     ("heads_align=3", "model option heads_align must be a string, got 3"),
     ("grad_checkpointing=2", "model option grad_checkpointing must be true or false, got 2"),
+    ("coattn_text_layers=[1,", "--model: bad value in 'coattn_text_layers=[1,' (not a JSON list"),
+    # a list in brackets reaches the model config whole (tiny has 2 text layers: 3 is out of range)
+    ("coattn_text_layers=[3],dropout=0.0", "coattn.text_layers (3,) must be increasing and within 0..2"),
 ])
 def test_bad_model_override_names_the_option(tiny_cache, tmp_path, capsys, override, message):
     code, _, err = _run(["train", "pretrain", "--cache", str(tiny_cache), "--out", str(tmp_path / "r"), "--steps", "1",
@@ -157,3 +160,11 @@ def test_plot_with_a_damaged_metrics_file(tmp_path, capsys):
     (tmp_path / "metrics.jsonl").write_bytes(record + b"[1, 2]\n" + record)
     code, _, err = _run(["plot", str(tmp_path)], capsys)
     _one_error_line(code, err, "metrics.jsonl:2: expected a JSON object")
+
+
+def test_model_options_split_at_commas_outside_brackets():
+    from vlpipe.cli.train import _model_value, _parse_pairs
+
+    assert _parse_pairs(("text_layers=4,coattn_text_layers=[1,2,3]", "dropout=0.1,align=concat"), "--model",
+                        _model_value) == {"text_layers": 4, "coattn_text_layers": [1, 2, 3], "dropout": 0.1,
+                                          "align": "concat"}

@@ -86,7 +86,7 @@ def test_text_init_says_where_co_attention_can_go_in_a_shallower_checkpoint():
 
     base = make_config("base", vocab_size=30522, max_len=64)  # co-attention after text layers 6..11
     with pytest.raises(VlpipeError, match=r"minilm: the checkpoint has 6 text layers .* \[6, 7, 8, 9, 10, 11\]; "
-                                          r'.*"text_layers": \[1, 2, 3, 4, 5, 6\]'):
+                                          r"place it within 0..6: e.g. --model 'coattn_text_layers=\[1,2,3,4,5,6\]'"):
         text_init(base, "minilm")
     moved = apply_overrides(base, {"coattn": {"text_layers": (1, 2, 3, 4, 5, 6)}})  # the suggested fix works
     assert text_init(moved, "minilm").text.layers == 6

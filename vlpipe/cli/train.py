@@ -7,6 +7,7 @@ overrides them; the real defaults live in `vlpipe.train.config.PretrainConfig`.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import click
@@ -14,10 +15,22 @@ import click
 from vlpipe.errors import VlpipeError
 
 
+def _split_pairs(value: str) -> list[str]:
+    """Split at commas outside brackets: `a=1,b=[2,3]` -> `a=1`, `b=[2,3]`."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(value):
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            parts.append(value[start:i])
+            start = i + 1
+    parts.append(value[start:])
+    return [p for p in parts if p.strip()]
+
+
 def _parse_pairs(values: tuple[str, ...], what: str, convert: Any = str) -> dict[str, Any]:
-    """`KEY=VALUE` strings (repeatable or comma-separated) -> dict."""
+    """`KEY=VALUE` strings (repeatable or comma-separated; a list value in brackets) -> dict."""
     out: dict[str, Any] = {}
-    for item in (part for value in values for part in value.split(",") if part.strip()):
+    for item in (part for value in values for part in _split_pairs(value)):
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise VlpipeError(f"{what}: expected KEY=VALUE, got {item!r}")
@@ -29,7 +42,12 @@ def _parse_pairs(values: tuple[str, ...], what: str, convert: Any = str) -> dict
 
 
 def _model_value(raw: str) -> Any:
-    """Model overrides: numbers as numbers, true/false as booleans, anything else as text."""
+    """Model overrides: numbers as numbers, true/false as booleans, [1,2,3] as a list, anything else as text."""
+    if raw.startswith("["):
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not a JSON list: {exc.msg}") from None
     for convert in (int, float):
         try:
             return convert(raw)
@@ -55,7 +73,8 @@ def train() -> None:
               help="Model size. tiny: seconds on a CPU; base: ViT-B/16 + BERT-base; vilbert: ViLBERT's layout. "
                    "[default: tiny]")
 @click.option("--model", "model_options", multiple=True, metavar="KEY=VALUE",
-              help="Model overrides, e.g. --model text_layers=4,vision_hidden=384 (see docs/model.md).")
+              help="Model overrides, e.g. --model text_layers=4,vision_hidden=384 or "
+                   "--model coattn_text_layers=[1,2,3,4,5,6] (see docs/model.md).")
 @click.option("--tasks", default=None, help="Comma-separated tasks: mlm (masked words), ap (alignment "
               "prediction), mim (contrastive masked patches). [default: mlm,ap,mim]")
 @click.option("--task-weights", multiple=True, metavar="TASK=W", help="Loss weights, e.g. mim=0.5. [default: all 1]")

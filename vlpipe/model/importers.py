@@ -187,7 +187,7 @@ def text_init(model_or_config: nn.Module | ModelConfig, spec: str | Path) -> int
         layers, points = text["layers"], cfg.coattn.text_layers
         if points and max(points) > layers:
             fits = tuple(range(layers - len(points) + 1, layers + 1)) if len(points) <= layers else None
-            hint = (f'e.g. "model_overrides": {{"coattn": {{"text_layers": {list(fits)}}}}} in a --config file'
+            hint = (f"e.g. --model 'coattn_text_layers=[{','.join(map(str, fits))}]'"
                     if fits else "use a preset with fewer co-attention layers (e.g. tiny)")
             raise VlpipeError(f"{spec}: the checkpoint has {layers} text layers but the model's co-attention "
                               f"follows text layers {list(points)}; place it within 0..{layers}: {hint}")
