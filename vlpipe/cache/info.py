@@ -14,8 +14,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vlpipe.cache.format import MANIFEST, Manifest, ShardEntry, load_manifest
-from vlpipe.errors import VlpipeError
+from vlpipe.cache.format import Manifest, ShardEntry, load_manifest
+from vlpipe.cache.reader import check_size, open_npy
+from vlpipe.errors import VlpipeError, one_line
 from vlpipe.imaging import unpatchify
 from vlpipe.utils.atomic import atomic_path
 
@@ -52,44 +53,22 @@ def _labels_line(labels: dict | None) -> str:
     return f"{labels['task']}, {labels['num_labels']} labels ({shown}){unlabeled}"
 
 
-def _one_line(exc: BaseException) -> str:
-    """numpy and Arrow explain some failures over several lines; the CLI's error is one line."""
-    return " ".join(str(exc).split())
-
-
 def shard_file(cache_dir: Path, shard: ShardEntry, kind: str) -> Path:
-    """The path of one of `shard`'s files, refused unless it is inside the cache and has the recorded size.
+    """The path of one of `shard`'s files, refused unless it has the size the manifest records.
 
     A wrong size is the cheap tell of a truncated copy; catching it here gives a one-line error
-    naming the file instead of numpy's or Arrow's parser error halfway through a read.
+    naming the file instead of numpy's or Arrow's parser error halfway through a read. (Paths
+    that leave the cache folder are refused as the manifest is read.)
     """
-    root = Path(cache_dir).resolve()
     path = shard.path(cache_dir, kind)
-    if not path.resolve().is_relative_to(root):
-        raise VlpipeError(f"{Path(cache_dir) / MANIFEST}: shard {shard.name} lists {kind} file "
-                          f"{shard.files[kind].path!r}, which is outside the cache")
-    try:
-        size = path.stat().st_size
-    except OSError:
-        raise VlpipeError(f"{path}: file is missing; the cache is damaged (run `vlpipe cache verify`)") from None
-    if size != shard.files[kind].bytes:
-        raise VlpipeError(f"{path}: {size} bytes but the manifest records {shard.files[kind].bytes} "
-                          "(truncated or modified; run `vlpipe cache verify` and rebuild the cache)")
+    check_size(path, shard.files[kind].bytes)
     return path
 
 
 def shard_images(m: Manifest, cache_dir: Path, shard: ShardEntry) -> np.ndarray:
     """A shard's images.npy memory-mapped (never unpickled), checked against the manifest's shape."""
-    path = shard_file(cache_dir, shard, "images")
-    try:
-        images = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise VlpipeError(f"{path}: not a readable .npy file ({_one_line(exc)})") from None
-    shape = (shard.num_samples, m.image.num_patches, m.image.patch_dim)
-    if images.dtype != np.uint8 or images.shape != shape:
-        raise VlpipeError(f"{path}: array is {images.dtype}{list(images.shape)}, expected uint8{list(shape)} "
-                          "from the manifest")
-    return images
+    return open_npy(shard_file(cache_dir, shard, "images"),
+                    (shard.num_samples, m.image.num_patches, m.image.patch_dim), ("uint8",))
 
 
 def shard_captions(cache_dir: Path, shard: ShardEntry) -> list[str]:
@@ -98,7 +77,7 @@ def shard_captions(cache_dir: Path, shard: ShardEntry) -> list[str]:
     try:
         captions = pq.read_table(path, columns=["caption"]).column(0).to_pylist()
     except (pa.ArrowException, OSError) as exc:
-        raise VlpipeError(f"{path}: not a readable parquet file with a caption column ({_one_line(exc)})") from None
+        raise VlpipeError(f"{path}: not a readable parquet file with a caption column ({one_line(exc)})") from None
     if len(captions) != shard.num_samples:
         raise VlpipeError(f"{path}: {len(captions)} rows, manifest says {shard.num_samples}")
     return captions

@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 import torch
 
 from vlpipe.cache.format import Manifest, load_manifest
-from vlpipe.errors import VlpipeError
+from vlpipe.errors import VlpipeError, one_line
 
 ARRAY_KINDS = ("images", "tokens", "lengths")
 # The most cache bytes a reader keeps mapped (see the module docstring). A cache that fits stays
@@ -61,7 +61,8 @@ def default_resident_limit() -> int:
 _PAGE = mmap.PAGESIZE
 
 
-def _check_size(path: Path, expected: int) -> None:
+def check_size(path: Path, expected: int) -> None:
+    """A shard file has the size the manifest records: the cheap tell of a truncated or swapped copy."""
     try:
         size = path.stat().st_size
     except FileNotFoundError:
@@ -73,11 +74,12 @@ def _check_size(path: Path, expected: int) -> None:
         )
 
 
-def _open_npy(path: Path, shape: tuple[int, ...], dtypes: tuple[str, ...]) -> np.memmap:
+def open_npy(path: Path, shape: tuple[int, ...], dtypes: tuple[str, ...]) -> np.memmap:
+    """A memory-mapped .npy (never unpickled) of the shape and dtype the manifest promises."""
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        raise VlpipeError(f"{path}: not a readable .npy file ({exc})") from None
+        raise VlpipeError(f"{path}: not a readable .npy file ({one_line(exc)})") from None
     if not isinstance(arr, np.memmap):
         raise VlpipeError(f"{path}: could not be memory-mapped")
     if arr.shape != shape or arr.dtype.name not in dtypes:
@@ -170,18 +172,18 @@ class CacheDataset:
         for shard in m.shards:
             n = shard.num_samples
             for entry in shard.files.values():
-                _check_size(self.cache_dir / entry.path, entry.bytes)
+                check_size(self.cache_dir / entry.path, entry.bytes)
             opened = {
-                "images": _open_npy(shard.path(self.cache_dir, "images"), (n, img.num_patches, img.patch_dim), ("uint8",)),
-                "tokens": _open_npy(shard.path(self.cache_dir, "tokens"), (n, txt.max_len), (txt.dtype,)),
-                "lengths": _open_npy(shard.path(self.cache_dir, "lengths"), (n,), ("uint16",)),
+                "images": open_npy(shard.path(self.cache_dir, "images"), (n, img.num_patches, img.patch_dim), ("uint8",)),
+                "tokens": open_npy(shard.path(self.cache_dir, "tokens"), (n, txt.max_len), (txt.dtype,)),
+                "lengths": open_npy(shard.path(self.cache_dir, "lengths"), (n,), ("uint16",)),
             }
             if self.has_labels:
                 path = shard.path(self.cache_dir, "labels")
                 try:
                     labels = np.load(path, mmap_mode="r", allow_pickle=False)
                 except (ValueError, OSError, EOFError) as exc:
-                    raise VlpipeError(f"{path}: not a readable .npy file ({exc})") from None
+                    raise VlpipeError(f"{path}: not a readable .npy file ({one_line(exc)})") from None
                 if labels.shape[:1] != (n,) or labels.ndim > 2 or labels.dtype.name not in ("int64", "uint8"):
                     raise VlpipeError(f"{path}: labels are {labels.dtype.name}{list(labels.shape)}, "
                                       f"expected int64[{n}] or uint8[{n}, num_labels]")

@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vlpipe.errors import VlpipeError
+from vlpipe.errors import VlpipeError, one_line
 
 CONFIG_FILE = "vlpipe_fetch.json"
 INPUT_FILE = "vlpipe_input.parquet"
@@ -34,8 +34,7 @@ def _read_json(path: Path, what: str) -> Any:
 
 def _short(exc: BaseException) -> str:
     """An exception as a short one-line phrase (Arrow and OS messages can span several lines)."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    text = re.sub(r"^Could not open Parquet input source '[^']*': ", "", text)  # the path is named already
+    text = re.sub(r"^Could not open Parquet input source '[^']*': ", "", one_line(exc, limit=10**6))  # path named
     return text if len(text) <= 160 else text[:157] + "..."
 
 

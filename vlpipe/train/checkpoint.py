@@ -20,7 +20,7 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
-from vlpipe.errors import VlpipeError
+from vlpipe.errors import VlpipeError, one_line, shown
 from vlpipe.utils.atomic import TMP_PREFIX, write_json_atomic
 
 CHECKPOINTS = "checkpoints"
@@ -151,16 +151,28 @@ def start_run_dir(run_dir: Path, resume: bool, is_main: bool = True) -> Path | N
         raise VlpipeError(f"{run_dir} already has checkpoints ({existing.name}); "
                           "pass --resume to continue it or choose another --out")
     if existing is None and is_main:
-        foreign = sorted(p.name for p in run_dir.iterdir()
-                         if p.name not in RUN_ENTRIES and not p.name.startswith(TMP_PREFIX)) if run_dir.is_dir() else []
-        if foreign:
-            # A fresh run clears metrics.jsonl and writes beside whatever is there: only in a run's folder.
-            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-            raise VlpipeError(f"--out {run_dir} holds files that are not from a vlpipe run ({shown}); "
-                              "choose an empty or new folder")
+        # A fresh run clears metrics.jsonl and writes beside whatever is there: only in a run's folder.
+        refuse_foreign_folder(run_dir, lambda p: p.name in RUN_ENTRIES, "a vlpipe run")
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     return existing
+
+
+def refuse_foreign_folder(folder: Path, is_own: Callable[[Path], bool], kind: str) -> None:
+    """Refuse an output folder that holds anything but `kind`'s own entries (or crash-safe temporaries).
+
+    A run writes (and clears) files in its folder; in someone else's folder that would mix or lose
+    their files. A missing folder is fine; a file in its place is refused.
+    """
+    if not folder.is_dir():
+        if folder.exists():
+            raise VlpipeError(f"--out {folder}: exists and is not a folder")
+        return
+    foreign = sorted(p.name for p in folder.iterdir() if not (p.name.startswith(TMP_PREFIX) or is_own(p)))
+    if foreign:
+        listed = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise VlpipeError(f"--out {folder} holds files that are not from {kind} ({listed}); "
+                          "choose an empty or new folder")
 
 
 def check_same_recipe(checkpoint: Path, section: str, now: dict[str, Any], fixed: Iterable[str]) -> None:
@@ -174,7 +186,7 @@ def check_same_recipe(checkpoint: Path, section: str, now: dict[str, Any], fixed
         saved = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))[section]
         changed = [k for k in fixed if k in saved and json.loads(json.dumps(now[k])) != saved[k]]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise VlpipeError(f"{checkpoint}/config.json: not a valid checkpoint config ({_one_line(exc)})") from None
+        raise VlpipeError(f"{checkpoint}/config.json: not a valid checkpoint config ({one_line(exc)})") from None
     if changed:
         shown = ", ".join(f"{k} {saved[k]!r} -> {now[k]!r}" for k in changed)
         raise VlpipeError(f"{checkpoint} was trained with other settings ({shown}); "
@@ -189,11 +201,11 @@ def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
     try:
         data = json.loads(pointer.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:  # ValueError covers bad JSON and bad UTF-8
-        raise VlpipeError(f"{pointer} is not a valid checkpoint pointer ({_one_line(exc)})") from exc
+        raise VlpipeError(f"{pointer} is not a valid checkpoint pointer ({one_line(exc)})") from exc
     name = data.get("checkpoint") if isinstance(data, dict) else None
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise VlpipeError(f"{pointer} is not a valid checkpoint pointer (expected "
-                          f'{{"checkpoint": "step_NNNNNNNN", ...}}, got {_shown(data)})')
+                          f'{{"checkpoint": "step_NNNNNNNN", ...}}, got {shown(data)})')
     path = pointer.parent / name
     if not (path / "state.json").exists():
         raise VlpipeError(f"{pointer} points at {path}, which is missing or incomplete")
@@ -219,7 +231,7 @@ def load_checkpoint(
     try:
         state = json.loads(state_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise VlpipeError(f"{state_file}: not a valid checkpoint ({_one_line(exc)})") from exc
+        raise VlpipeError(f"{state_file}: not a valid checkpoint ({one_line(exc)})") from exc
     if not isinstance(state, dict) or not isinstance(state.get("step"), int) or isinstance(state["step"], bool):
         raise VlpipeError(f"{state_file}: not a valid checkpoint (expected an object with an integer 'step')")
     _load_weights(model, path / "model.safetensors", device)
@@ -236,14 +248,14 @@ def load_checkpoint(
             optimizer.load_state_dict(optimizer_state_from_files(tensors, state["optimizer"]))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise VlpipeError(f"{file}: not a valid checkpoint (the optimizer state does not match: "
-                              f"{_one_line(exc)})") from exc
+                              f"{one_line(exc)})") from exc
     if restore_rng:
         file = path / "rng.safetensors"
         tensors = _read_tensors(file)
         try:
             set_rng_state(tensors)
         except (KeyError, TypeError, RuntimeError) as exc:
-            raise VlpipeError(f"{file}: not a valid checkpoint ({_one_line(exc)})") from exc
+            raise VlpipeError(f"{file}: not a valid checkpoint ({one_line(exc)})") from exc
     return state
 
 
@@ -252,29 +264,17 @@ def _read_tensors(file: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(file))
     except (OSError, SafetensorError) as exc:
-        raise VlpipeError(f"{file}: not a valid checkpoint ({_one_line(exc)})") from exc
+        raise VlpipeError(f"{file}: not a valid checkpoint ({one_line(exc)})") from exc
 
 
 def _load_weights(model: nn.Module, file: Path, device: torch.device | str) -> None:
     try:
         missing, unexpected = load_model(model, str(file), strict=False, device=str(device))
     except (OSError, SafetensorError) as exc:
-        raise VlpipeError(f"{file}: not a valid checkpoint ({_one_line(exc)})") from exc
+        raise VlpipeError(f"{file}: not a valid checkpoint ({one_line(exc)})") from exc
     except RuntimeError as exc:  # same names, other shapes: torch's "size mismatch for ..."
-        raise VlpipeError(f"{file} does not match the model ({_one_line(exc)})") from exc
+        raise VlpipeError(f"{file} does not match the model ({one_line(exc)})") from exc
     if missing or unexpected:
         raise VlpipeError(
             f"{file} does not match the model: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
         )
-
-
-def _one_line(exc: BaseException, limit: int = 300) -> str:
-    """An exception's message on one line (torch's load errors span several), cut to `limit` characters."""
-    message = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-    text = " ".join(message.split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _shown(value: Any, limit: int = 60) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -48,7 +48,7 @@ from vlpipe.train.metrics import MetricsWriter
 from vlpipe.train.model_setup import cache_geometry, make_loader, make_optimizer, precision_context
 from vlpipe.train.report import SUMMARY_FILE, json_number, summarize
 from vlpipe.train.schedule import WarmupCosine, warmup_steps_for
-from vlpipe.utils.atomic import TMP_PREFIX, atomic_path, write_json_atomic
+from vlpipe.utils.atomic import atomic_path, write_json_atomic
 
 RESULT_FILE = "result.json"
 BEST_FILE = "best.safetensors"
@@ -180,17 +180,10 @@ def _check_out(out: Path) -> None:
     Seed runs and the summary would be written beside someone else's files, or inside a pretraining
     run's folder, mixing two layouts; the seed folders themselves are checked by start_run_dir.
     """
-    if not out.is_dir():
-        if out.exists():
-            raise VlpipeError(f"--out {out}: exists and is not a folder")
-        return
-    foreign = sorted(p.name for p in out.iterdir()
-                     if not (p.name == SUMMARY_FILE or p.name.startswith(TMP_PREFIX)
-                             or (p.is_dir() and re.fullmatch(r"seed-\d+", p.name))))
-    if foreign:
-        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-        raise VlpipeError(f"--out {out} holds files that are not from a vlpipe fine-tuning run ({shown}); "
-                          "choose an empty or new folder")
+    def own(p: Path) -> bool:
+        return p.name == SUMMARY_FILE or (p.is_dir() and re.fullmatch(r"seed-\d+", p.name) is not None)
+
+    ckpt.refuse_foreign_folder(out, own, "a vlpipe fine-tuning run")
 
 
 def _resolve_task(config: FinetuneConfig, manifest: Manifest) -> tuple[str, int]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from vlpipe.errors import VlpipeError
+from vlpipe.errors import VlpipeError, shown
 from vlpipe.utils.atomic import atomic_open, atomic_path
 
 SUMMARY_FILE = "summary.json"
@@ -86,23 +86,18 @@ def _summary_problem(summary: dict[str, Any]) -> str | None:
     summary.json is named with the exact entry at fault instead of failing halfway through writing.
     """
     if not isinstance(summary["seeds"], list):
-        return f"'seeds' must be a list, got {_shown(summary['seeds'])}"
+        return f"'seeds' must be a list, got {shown(summary['seeds'], 40)}"
     for part in ("mean", "std"):
         splits = summary[part]
         if not isinstance(splits, dict):
-            return f"{part!r} must be an object of splits (test, val), got {_shown(splits)}"
+            return f"{part!r} must be an object of splits (test, val), got {shown(splits, 40)}"
         for split, metrics in splits.items():
             if not isinstance(metrics, dict):
-                return f"{part}.{split} must be an object of metrics, got {_shown(metrics)}"
+                return f"{part}.{split} must be an object of metrics, got {shown(metrics, 40)}"
             for name, value in metrics.items():
                 if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-                    return f"{part}.{split}.{name} must be a number or null, got {_shown(value)}"
+                    return f"{part}.{split}.{name} must be a number or null, got {shown(value, 40)}"
     return None
-
-
-def _shown(value: Any, limit: int = 40) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _cell(summary: dict[str, Any], split: str, metric: str) -> str:
