@@ -7,10 +7,12 @@ so a training run can save the exact architecture next to its weights and rebuil
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 from vlpipe.errors import VlpipeError
+from vlpipe.utils.typecheck import coerce, describe, matches
 
 # OpenAI CLIP statistics, the cache's default too (see docs/cache-format.md).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -185,44 +187,23 @@ def _check_ranges(section: str, obj: Any) -> None:
             raise VlpipeError(f"model option {section}.{f.name} must be > 0, got {value}")
 
 
-def _typed(value: Any, current: Any, given: str) -> Any:
-    """`value` converted to the type of the option's default `current`, or a one-line error.
+def _typed(value: Any, expected: Any, given: str) -> Any:
+    """`value` checked against the option's annotation and converted to its type, or a one-line error.
 
     Overrides come from `--model KEY=VALUE` (where anything that is not a number is text) and from
     JSON, so `text_layers=abc` must be refused here, naming the option as the user wrote it.
     """
-    def fail(expected: str) -> VlpipeError:
-        return VlpipeError(f"model option {given} must be {expected}, got {value!r}")
-
-    if isinstance(current, bool):
-        if not isinstance(value, bool):
-            raise fail("true or false")
-        return value
-    if isinstance(current, int):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise fail("an integer")
-        return value
-    if isinstance(current, float):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise fail("a number")
-        return float(value)
-    if isinstance(current, str):
-        if not isinstance(value, str):
-            raise fail("a string")
-        return value
-    if isinstance(current, tuple):
-        if not isinstance(value, list | tuple):
-            raise fail("a list")
-        item = current[0] if current else 0
-        return tuple(_typed(v, item, given) for v in value)
-    return value
+    if not matches(value, expected):
+        raise VlpipeError(f"model option {given} must be {describe(expected)}, got {value!r}")
+    return coerce(value, expected)
 
 
 def _set(section_obj: Any, section: str, key: str, value: Any, given: str | None = None) -> None:
     names = {f.name for f in dataclasses.fields(section_obj)}
     if key not in names:
         raise VlpipeError(f"unknown model option {section}.{key}; valid: {', '.join(sorted(names))}")
-    setattr(section_obj, key, _typed(value, getattr(section_obj, key), given or f"{section}.{key}"))
+    expected = typing.get_type_hints(type(section_obj))[key]
+    setattr(section_obj, key, _typed(value, expected, given or f"{section}.{key}"))
 
 
 def apply_overrides(cfg: ModelConfig, overrides: dict[str, Any]) -> ModelConfig:
@@ -243,13 +224,13 @@ def apply_overrides(cfg: ModelConfig, overrides: dict[str, Any]) -> ModelConfig:
             for sub_key, sub_value in value.items():
                 _set(getattr(cfg, key), key, sub_key, sub_value)
         elif key == "grad_checkpointing":
-            cfg.grad_checkpointing = _typed(value, False, key)
+            cfg.grad_checkpointing = _typed(value, bool, key)
         elif key in _FLAT:
             _set(getattr(cfg, _FLAT[key]), _FLAT[key], key, value, given=key)
         elif key in _EVERYWHERE:
             for section in _SECTIONS:
                 if hasattr(getattr(cfg, section), key):
-                    setattr(getattr(cfg, section), key, _typed(value, 0.0, key))
+                    setattr(getattr(cfg, section), key, _typed(value, float, key))
         elif "_" in key and key.split("_", 1)[0] in _SECTIONS:
             section, sub_key = key.split("_", 1)
             _set(getattr(cfg, section), section, sub_key, value, given=key)

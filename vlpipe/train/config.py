@@ -11,7 +11,6 @@ import json
 import math
 import os
 import re
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 from vlpipe.cache.loader import MODES
 from vlpipe.errors import VlpipeError
 from vlpipe.train.tasks import TASKS
+from vlpipe.utils.typecheck import describe, matches
 
 try:
     import tomllib
@@ -209,64 +209,11 @@ def check_types(cls: type, values: dict[str, Any], source: str) -> None:
     hints = typing.get_type_hints(cls)
     for name, value in values.items():
         expected = hints.get(name)
-        if expected is not None and not _matches(value, expected):
+        if expected is not None and not matches(value, expected):
             shown = repr(value)
             if len(shown) > 60:
                 shown = shown[:57] + "..."
-            raise VlpipeError(f"{source}: {name} must be {_describe(expected)}, got {shown}")
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _matches(value: Any, expected: Any) -> bool:
-    """Whether `value` fits the annotation `expected` (only the forms the config dataclasses use)."""
-    origin, args = typing.get_origin(expected), typing.get_args(expected)
-    if expected is Any:
-        return True
-    if expected is type(None):
-        return value is None
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, arg) for arg in args)
-    if expected is bool:
-        return isinstance(value, bool)
-    if expected is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if expected is float:
-        return _is_number(value)
-    if expected is str:
-        return isinstance(value, str)
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            return False
-        if len(args) == 2 and args[1] is Ellipsis:
-            return all(_matches(v, args[0]) for v in value)
-        return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args, strict=True))
-    if origin is dict:
-        return isinstance(value, dict) and all(_matches(k, args[0]) and _matches(v, args[1])
-                                               for k, v in value.items())
-    return True  # an annotation this checker does not know: leave it to `validate`
-
-
-def _describe(expected: Any, plural: bool = False) -> str:
-    """`int` -> "an integer", `tuple[str, ...]` -> "a list of strings": the words of an error message."""
-    origin, args = typing.get_origin(expected), typing.get_args(expected)
-    names = {bool: ("true or false", "booleans"), int: ("an integer", "integers"), float: ("a number", "numbers"),
-             str: ("a string", "strings"), type(None): ("null", "nulls")}
-    if expected in names:
-        return names[expected][plural]
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(arg, plural) for arg in args)
-    if origin is tuple:
-        if len(args) == 2 and args[1] is Ellipsis:
-            return f"a list of {_describe(args[0], True)}"
-        return f"a list of {len(args)} {_describe(args[0], True)}"
-    if origin is dict:
-        if args[1] is Any:
-            return "a table/object of settings"
-        return f"a table/object mapping names to {_describe(args[1], True)}"
-    return str(expected)
+            raise VlpipeError(f"{source}: {name} must be {describe(expected)}, got {shown}")
 
 
 def read_config_file(path: str | os.PathLike[str], table: str = "pretrain") -> dict[str, Any]:
