@@ -55,6 +55,7 @@ from vlpipe.fetch.sources import (
 )
 from vlpipe.fetch.verify import VerifyConfig, done_path, finalize_shard
 from vlpipe.utils.atomic import TMP_PREFIX, write_json_atomic
+from vlpipe.utils.typecheck import matches
 
 STAGING_DIR = "vlpipe_staging"
 
@@ -91,7 +92,7 @@ class FetchConfig:
             ("--max-bytes", p.max_bytes, _is_int(p.max_bytes, 1), at_least_1),
             ("--min-side", v.min_side, _is_int(v.min_side, 0), "must be a side in pixels >= 0"),
             # inf (no limit) is fine; nan fails every comparison and would keep nothing.
-            ("--max-aspect", v.max_aspect, _is_number(v.max_aspect) and v.max_aspect >= 1,
+            ("--max-aspect", v.max_aspect, matches(v.max_aspect, float) and v.max_aspect >= 1,
              "must be a ratio >= 1 (longer side / shorter side)"),
             ("--max-pixels", v.max_pixels, _is_int(v.max_pixels, 1), at_least_1),
             ("--image-size", v.image_size, _is_int(v.image_size, 0),
@@ -114,16 +115,12 @@ class FetchConfig:
 
 
 def _is_int(value: Any, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    return matches(value, int) and value >= minimum
 
 
 def _is_positive(value: Any) -> bool:
     """A finite number > 0 (click's FLOAT also accepts 'nan' and 'inf')."""
-    return _is_number(value) and math.isfinite(value) and value > 0
+    return matches(value, float) and math.isfinite(value) and value > 0
 
 
 def fetch_cc(

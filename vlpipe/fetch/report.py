@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vlpipe.errors import VlpipeError, one_line
+from vlpipe.utils.typecheck import matches
 
 CONFIG_FILE = "vlpipe_fetch.json"
 INPUT_FILE = "vlpipe_input.parquet"
@@ -57,16 +58,12 @@ def load_record(path: Path) -> dict[str, Any]:
         if not isinstance(shard_size, int) or isinstance(shard_size, bool) or shard_size < 1:
             problem = f"options.shard_size {shard_size!r} is not a whole number >= 1"
         for i, run in enumerate(record["runs"]):
-            if not (isinstance(run, dict) and all(_is_number(run.get(k)) for k in ("start", "end"))):
+            if not (isinstance(run, dict) and all(matches(run.get(k), float) for k in ("start", "end"))):
                 problem = f"runs[{i}] has no numeric 'start' and 'end'"
                 break
     if problem:
         raise VlpipeError(f"{path}: not a valid fetch record ({problem}); {_REMEDY}")
     return record
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _load_done(path: Path) -> dict[str, Any]:
