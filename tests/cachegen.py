@@ -1,12 +1,16 @@
-"""Small img2dataset-style inputs for the cache tests, with the images that break naive decoders.
+"""Small inputs for the ingest and cache tests, laid out the way their tools write them.
 
-Every sample is (key, bytes, extension, caption); `write_layout` lays a list of them out the way
-img2dataset does (webdataset tars, parquet with image bytes, or NNNNN/ folders), side files
-included, so the writer is tested against the shapes it meets in the wild.
+Every img2dataset-style sample is (key, bytes, extension, caption), with the images that break
+naive decoders; `write_layout` lays a list of them out the way img2dataset does (webdataset tars,
+parquet with image bytes, or NNNNN/ folders), side files included, so the readers are tested
+against the shapes they meet in the wild. `hateful`, `mmimdb` and `food` write the labelled
+downstream datasets in their released layouts; `read_labelled` reads a built cache back with
+json, pyarrow and numpy only.
 """
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import tarfile
@@ -175,3 +179,85 @@ def captioned_cache(root: Path, n: int, seed: int, val_fraction: float) -> Path:
     build_cache(captions, root / "cache", image_size=32, patch_size=8, max_len=16, tokenizer="wordpiece:200",
                 val_fraction=val_fraction, processes=1, quiet=True)
     return root / "cache"
+
+
+# ---- labelled downstream datasets ------------------------------------------------------------------
+
+LABELLED_OPTS = {"image_size": 16, "patch_size": 8, "max_len": 12, "tokenizer": "wordpiece:120", "quiet": True,
+                 "processes": 1}
+
+
+def image(seed: int, fmt: str = "PNG") -> bytes:
+    return _encode(photo(24, 20, seed), fmt)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def read_labelled(cache: Path) -> tuple[dict, list[dict], np.ndarray]:
+    """Manifest, meta rows and labels of every shard concatenated, with json/pyarrow/numpy only."""
+    m = json.loads((cache / "manifest.json").read_text())
+    meta, labels = [], []
+    for shard in m["shards"]:
+        meta += pq.read_table(cache / shard["files"]["meta"]["path"]).to_pylist()
+        labels.append(np.load(cache / shard["files"]["labels"]["path"]))
+    return m, meta, np.concatenate(labels)
+
+
+def skipped(cache: Path) -> list[tuple[str, str]]:
+    return [(r["key"], r["reason"]) for r in pq.read_table(cache / "skipped.parquet").to_pylist()]
+
+
+def hateful(root: Path) -> Path:
+    """Hateful Memes: 6 train, 2 dev_seen (id 3 also in train: a leak), 3 unlabelled test_unseen."""
+    (root / "img").mkdir(parents=True)
+    for i in range(10):
+        (root / "img" / f"{i:05d}.png").write_bytes(image(i))
+    write_jsonl(root / "train.jsonl", [{"id": i, "img": f"img/{i:05d}.png", "label": i % 2, "text": f"meme {i}"}
+                                       for i in range(6)])
+    write_jsonl(root / "dev_seen.jsonl", [{"id": i, "img": f"img/{i:05d}.png", "label": 1, "text": f"dev {i}"}
+                                          for i in (6, 3)])
+    write_jsonl(root / "test_unseen.jsonl", [{"id": i, "img": f"img/{i:05d}.png", "text": f"test meme {i}"}
+                                             for i in (7, 8, 9)])
+    return root
+
+
+GENRES = {"10": ["Drama", "Comedy"], "11": ["Action"], "12": ["Comedy"], "13": ["Drama", "Action"],
+          "14": ["Comedy", "Romance"], "20": ["Drama"], "30": ["Action", "News"], "31": ["Comedy"]}
+
+
+def mmimdb(root: Path) -> Path:
+    """MM-IMDB with GENRES under dataset/; movie 15 has an image but no JSON file."""
+    folder = root / "dataset"
+    folder.mkdir(parents=True)
+    for i, key in enumerate(GENRES):
+        (folder / f"{key}.jpeg").write_bytes(image(i, "JPEG"))
+        plot = [f"plot of movie {key}", "a second outline"] if i % 2 else f"plot of movie {key}"
+        (folder / f"{key}.json").write_text(json.dumps({"plot": plot, "genres": GENRES[key], "title": key}))
+    (folder / "15.jpeg").write_bytes(image(15, "JPEG"))  # no 15.json
+    (root / "split.json").write_text(json.dumps({"train": ["10", "11", "12", "13", "14", "15"], "dev": ["20"],
+                                                 "test": ["30", "31"]}))
+    return root
+
+
+def food(root: Path, test_label: str = "sushi") -> Path:
+    """UPMC Food-101: 12 train rows over 3 classes, 2 test rows (the second labelled `test_label`)."""
+    (root / "texts").mkdir(parents=True)
+    rows = {"train": [(f"{lab}_{i}.jpg", f"recipe for {lab}, number {i}", lab)
+                      for lab in ("pizza", "sushi", "apple_pie") for i in range(4)],
+            "test": [("pizza_9.jpg", "best pizza", "pizza"), (f"{test_label}_9.jpg", "rolls", test_label)]}
+    for split, items in rows.items():
+        with (root / "texts" / f"{split}_titles.csv").open("w", newline="") as fh:
+            csv.writer(fh).writerows(items)
+        for k, (name, _text, lab) in enumerate(items):
+            folder = root / "images" / split / lab
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_bytes(image(k, "JPEG"))
+    return root
+
+
+def generic_images(root: Path, n: int) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        (root / f"p{i}.png").write_bytes(image(i))

@@ -70,12 +70,9 @@ def test_cli_exit_codes(built, tmp_path, capsys):
 
 
 def test_labels_row_summarizes_a_downstream_cache(tmp_path):
-    from test_downstream import OPTS as DOWNSTREAM_OPTS
-    from test_downstream import hateful
-
     from vlpipe.cache.writer import build_cache
 
-    build_cache(hateful(tmp_path / "hm"), tmp_path / "cache", **DOWNSTREAM_OPTS)
+    build_cache(cachegen.hateful(tmp_path / "hm"), tmp_path / "cache", **cachegen.LABELLED_OPTS)
     rows = dict(cache_info(tmp_path / "cache"))
     assert rows["labels"] == "binary, 2 labels (not_hateful, hateful); 3 unlabeled test"
     assert rows["splits"] == "train 6, val 1, test 3"

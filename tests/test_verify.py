@@ -107,10 +107,8 @@ def test_wrong_dtype_or_shape(cache):
 
 @pytest.fixture(scope="module")
 def labelled(tmp_path_factory):
-    from test_downstream import hateful
-
     root = tmp_path_factory.mktemp("verify_labels")
-    build_cache(hateful(root / "hm"), root / "cache", processes=1, **OPTS)
+    build_cache(cachegen.hateful(root / "hm"), root / "cache", processes=1, **OPTS)
     return root / "cache"
 
 

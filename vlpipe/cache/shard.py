@@ -36,8 +36,8 @@ from vlpipe.cache.format import (
     split_of,
     token_dtype,
 )
-from vlpipe.cache.sources import Skip, SourceShard, iter_samples
 from vlpipe.imaging import DEFAULT_MAX_PIXELS, ImageError, load_rgb, patchify, resize_center_crop
+from vlpipe.ingest import Skip, SourceShard, iter_samples
 from vlpipe.text import TextTokenizer
 from vlpipe.utils.atomic import atomic_path, sha256_file, write_json_atomic
 
@@ -67,7 +67,7 @@ class BuildOptions:
     # antialiased resize: 3-4x faster on large photos, within ~0.3 grey levels of a full decode.
     jpeg_draft: bool = True
     max_pixels: int = DEFAULT_MAX_PIXELS
-    # Downstream (labelled) datasets: see vlpipe/cache/downstream.py.
+    # Labelled downstream datasets: see vlpipe/ingest/.
     format: str = "auto"
     label_column: str | None = None
     multi_label: bool = False
@@ -139,6 +139,8 @@ def build_shard(task: ShardTask, report: Callable[[int], None] | None = None) ->
                 continue
             fh.write(np.ascontiguousarray(patches).data)
             width, height = img.info["original_size"]
+            # The one place a split is decided: the row's own (a labelled dataset's train/val/test),
+            # else a hash of the key, so rebuilds and reshuffles keep every sample in its split.
             for name, value in (("key", item.key), ("caption", item.caption), ("url", item.url),
                                 ("width", width), ("height", height),
                                 ("sha256", hashlib.sha256(item.image).hexdigest()),

@@ -1,6 +1,7 @@
 """`build_cache`: turn a folder of captioned images into a memory-mapped vlpipe cache.
 
-The build is a list of independent shard jobs (vlpipe/cache/shard.py) run in worker processes,
+The input, in whatever layout, is listed by vlpipe/ingest/ as source shards. The build is a list
+of independent shard jobs (vlpipe/cache/shard.py), one per source shard, run in worker processes,
 framed by two steps in the main process: train or load the tokenizer first, write the manifest
 last. The manifest's atomic appearance is what makes a directory a cache, so a build killed at
 any moment leaves a directory that `load_manifest` refuses and that a rerun resumes: finished
@@ -29,7 +30,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from vlpipe import __version__
-from vlpipe.cache.downstream import FORMATS, detect_format, open_downstream
 from vlpipe.cache.format import (
     FORMAT_NAME,
     MANIFEST,
@@ -46,8 +46,8 @@ from vlpipe.cache.format import (
     shard_name,
 )
 from vlpipe.cache.shard import SKIP_FIELDS, BuildOptions, ShardTask, build_shard, read_done
-from vlpipe.cache.sources import Source, iter_captions, open_source
 from vlpipe.errors import VlpipeError
+from vlpipe.ingest import FORMATS, Source, iter_captions, open_source
 from vlpipe.text import TextTokenizer, load_tokenizer
 from vlpipe.text.specs import _wordpiece_size
 from vlpipe.utils.atomic import TMP_PREFIX, atomic_path, sha256_file, write_json_atomic
@@ -82,7 +82,7 @@ def build_cache(
     """Build (or resume, or confirm) the cache of `src` in `out`; returns its manifest.
 
     `format` "auto" reads img2dataset output or a captions file, unless `src` is laid out as one
-    of the labelled downstream datasets (vlpipe/cache/downstream.py) or `label_column` is given.
+    of the labelled downstream datasets or `label_column` is given (vlpipe/ingest/ reads them all).
     """
     options = BuildOptions(image_size=image_size, patch_size=patch_size, max_len=max_len, tokenizer=tokenizer,
                            val_fraction=val_fraction, shard_size=shard_size, image_column=image_column,
@@ -95,7 +95,9 @@ def build_cache(
     # an unfinished build that refuses the corrected command (other options) without --overwrite.
     given = _check_tokenizer(options.tokenizer)
     console = Console(stderr=True, quiet=quiet)
-    source = _open(src, options)
+    source = open_source(src, format=format, shard_size=shard_size, image_column=image_column,
+                         caption_column=caption_column, label_column=label_column, multi_label=multi_label,
+                         split_column=split_column)
     out = Path(out).expanduser().resolve()
     record = {"format": BUILD_FORMAT, "source": str(source.root), "source_format": source.layout,
               "options": options.to_dict()}
@@ -131,18 +133,6 @@ def build_cache(
     (out / BUILD_RECORD).unlink(missing_ok=True)
     _print_summary(console, out, manifest, time.perf_counter() - started)
     return manifest
-
-
-def _open(src: str | os.PathLike[str], o: BuildOptions) -> Source:
-    """The downstream reader for a labelled dataset, else the img2dataset/captions reader."""
-    fmt = o.format
-    if fmt == "auto":
-        fmt = detect_format(Path(src).expanduser().resolve()) or ("generic" if o.label_column or o.multi_label else "")
-    if not fmt:
-        return open_source(src, shard_size=o.shard_size, image_column=o.image_column, caption_column=o.caption_column)
-    return open_downstream(src, fmt, shard_size=o.shard_size, val_fraction=o.val_fraction,
-                           image_column=o.image_column, caption_column=o.caption_column,
-                           label_column=o.label_column, multi_label=o.multi_label, split_column=o.split_column)
 
 
 def _check_options(o: BuildOptions) -> None:
