@@ -102,7 +102,7 @@ def test_lengths_inconsistent_with_padding(cache):
 def test_wrong_dtype_or_shape(cache):
     images = np.load(cache / "shards/00000/images.npy")
     path = _rewrite(cache, "images", images[:2])
-    assert verify_cache(cache) == [f"{path}: uint8 (2, 4, 192), expected uint8 (3, 4, 192)"]
+    assert verify_cache(cache) == [f"{path}: array is uint8[2, 4, 192], expected uint8[3, 4, 192]"]
 
 
 @pytest.fixture(scope="module")
@@ -122,8 +122,8 @@ def _replace_labels(cache, arr: np.ndarray) -> None:
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    (lambda a: a.astype(np.int32), r"labels\.npy: int32 \(10,\), expected int64 \(10,\)"),
-    (lambda a: a[:, None].astype(np.uint8), r"labels\.npy: uint8 \(10, 1\), expected int64 \(10,\)"),
+    (lambda a: a.astype(np.int32), r"labels\.npy: array is int32\[10\], expected int64\[10\]$"),
+    (lambda a: a[:, None].astype(np.uint8), r"labels\.npy: array is uint8\[10, 1\], expected int64\[10\]$"),
     (lambda a: np.where(np.arange(10) == 2, 5, a), r"labels\.npy: row 2 has label value\(s\) outside -1\.\.1"),
     (lambda a: np.where(np.arange(10) == 0, -1, a), r"labels\.npy: row 0 is unlabeled \(-1\) outside the test split"),
     # Still valid values, but train now has four positives where the manifest counts three.

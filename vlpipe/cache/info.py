@@ -14,8 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vlpipe.cache.arrays import check_size, open_npy
 from vlpipe.cache.format import Manifest, ShardEntry, load_manifest
-from vlpipe.cache.reader import check_size, open_npy
 from vlpipe.errors import VlpipeError, one_line
 from vlpipe.imaging import unpatchify
 from vlpipe.utils.atomic import atomic_path
@@ -68,7 +68,7 @@ def shard_file(cache_dir: Path, shard: ShardEntry, kind: str) -> Path:
 def shard_images(m: Manifest, cache_dir: Path, shard: ShardEntry) -> np.ndarray:
     """A shard's images.npy memory-mapped (never unpickled), checked against the manifest's shape."""
     return open_npy(shard_file(cache_dir, shard, "images"),
-                    (shard.num_samples, m.image.num_patches, m.image.patch_dim), ("uint8",))
+                    {"uint8": (shard.num_samples, m.image.num_patches, m.image.patch_dim)})
 
 
 def shard_captions(cache_dir: Path, shard: ShardEntry) -> list[str]:

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vlpipe.cache.arrays import open_npy
 from vlpipe.cache.format import (
     MANIFEST,
     META_COLUMNS,
@@ -103,16 +104,14 @@ def _check_shard(root: Path, m: Manifest, shard: ShardEntry, checksums: bool, sp
 
     img, t = m.image, m.text
     expected = {
-        "images": ("uint8", (n, img.num_patches, img.patch_dim)),
-        "tokens": (t.dtype, (n, t.max_len)),
-        "lengths": ("uint16", (n,)),
+        "images": {"uint8": (n, img.num_patches, img.patch_dim)},
+        "tokens": {t.dtype: (n, t.max_len)},
+        "lengths": {"uint16": (n,)},
     }
-    arrays = {}
-    for kind, (dtype, shape) in expected.items():
-        arr, problem = _open_npy(shard.path(root, kind), dtype, shape)
-        if problem:
-            return [problem]
-        arrays[kind] = arr
+    try:
+        arrays = {kind: open_npy(shard.path(root, kind), dtypes) for kind, dtypes in expected.items()}
+    except VlpipeError as exc:
+        return [str(exc)]
     problems += _check_tokens(shard.path(root, "tokens"), arrays["tokens"], arrays["lengths"], m)
 
     meta_path = shard.path(root, "meta")
@@ -136,17 +135,6 @@ def _check_shard(root: Path, m: Manifest, shard: ShardEntry, checksums: bool, sp
     return problems
 
 
-def _open_npy(path: Path, dtype: str, shape: tuple[int, ...]) -> tuple[np.ndarray, str | None]:
-    """Memory-map a .npy file (never unpickling) and check its dtype and shape; (array, problem)."""
-    try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        return np.empty(0), f"{path}: not a readable .npy file ({exc})"
-    if arr.dtype != np.dtype(dtype) or arr.shape != shape:
-        return arr, f"{path}: {arr.dtype} {arr.shape}, expected {dtype} {shape}"
-    return arr, None
-
-
 def _check_labels(root: Path, m: Manifest, shard: ShardEntry, splits: list[str],
                   tally: tuple[dict[str, list[int]], Counter[str]]) -> list[str]:
     """labels.npy: present exactly when the manifest has labels; dtype, shape and value range."""
@@ -157,11 +145,10 @@ def _check_labels(root: Path, m: Manifest, shard: ShardEntry, splits: list[str],
         return [f"{root / 'manifest.json'}: shard {shard.name} lists no labels.npy but the cache has labels"]
     path, n = shard.path(root, "labels"), shard.num_samples
     multilabel, num = m.labels["task"] == "multilabel", m.labels["num_labels"]
-    dtype, shape = ("uint8", (n, num)) if multilabel else ("int64", (n,))
-    labels, problem = _open_npy(path, dtype, shape)
-    if problem:
-        return [problem]
-    values = np.asarray(labels)
+    try:
+        values = np.asarray(open_npy(path, {"uint8": (n, num)} if multilabel else {"int64": (n,)}))
+    except VlpipeError as exc:
+        return [str(exc)]
     low = 0 if multilabel else MISSING_LABEL
     high = 1 if multilabel else num - 1
     bad = (values < low) | (values > high)
