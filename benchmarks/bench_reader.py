@@ -119,7 +119,7 @@ def main() -> None:
     configs = []
     for copy in (False, True):
         tag = "+copy" if copy else ""
-        for mode, workers in (("inline", 0), ("threads", 2), ("processes", 2)):
+        for mode, workers in (("inline", 0), ("threads", 2)):
             configs.append((f"CacheLoader {mode} w={workers}{tag}", mode, workers, copy, None))
         configs.append((f"CacheLoader threads w=2 shuffle=False (views){tag}", "threads", 2, copy, "seq"))
     if args.torch_dataloader:

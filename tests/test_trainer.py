@@ -116,17 +116,17 @@ def test_validation_is_fixed_across_runs_and_epochs(small_cache, tmp_path):
 
 
 def test_loader_modes_train_identically_across_epochs_and_leave_no_workers(small_cache, tmp_path):
-    """The processes loader keeps its workers for the whole run (several epochs) and stops them at the end."""
-    import multiprocessing
+    """The threads loader keeps its threads for the whole run (several epochs) and stops them at the end."""
+    import threading
 
     # 48 samples, ~38 in train: 8 steps of batch 8 run through two epochs.
-    threads = pretrain(_config(small_cache, tmp_path / "threads", steps=8, loader_mode="threads"))
-    procs = pretrain(_config(small_cache, tmp_path / "procs", steps=8, loader_mode="processes", workers=2))
-    assert threads.steps == procs.steps == 8
-    assert _train_losses(tmp_path / "threads") == _train_losses(tmp_path / "procs")
-    a, b = _weights(tmp_path / "threads", 8), _weights(tmp_path / "procs", 8)
+    threads = pretrain(_config(small_cache, tmp_path / "threads", steps=8, loader_mode="threads", workers=2))
+    inline = pretrain(_config(small_cache, tmp_path / "inline", steps=8, loader_mode="inline"))
+    assert threads.steps == inline.steps == 8
+    assert _train_losses(tmp_path / "threads") == _train_losses(tmp_path / "inline")
+    a, b = _weights(tmp_path / "threads", 8), _weights(tmp_path / "inline", 8)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert not multiprocessing.active_children()
+    assert not [t for t in threading.enumerate() if t.name.startswith("vlpipe-gather")]
 
 
 def test_resume_from_a_state_missing_trainer_fields_is_a_clear_error(small_cache, tmp_path):

@@ -9,7 +9,7 @@ from typing import Any
 __all__ = ["VLPIPE_MODES", "bench_dataloader"]
 
 # The reader modes benchmarked by default; kept here so the CLI can show them without importing torch.
-VLPIPE_MODES = ("inline", "threads", "processes")
+VLPIPE_MODES = ("inline", "threads")
 
 
 def __getattr__(name: str) -> Any:

@@ -82,7 +82,7 @@ def bench_dataloader(
     _check_arguments(manifest.num_samples, batch_size, workers, seconds, rounds, modes, max_source_samples)
     if workers == 0:
         # Equal cores: with no workers the baselines load in the calling process, and so does
-        # vlpipe's inline mode; threads/processes modes need at least one worker.
+        # vlpipe's inline mode; threads mode needs at least one worker.
         modes = [m for m in modes if m == "inline"]
     settings = BenchSettings(str(cache_dir), None if source is None else str(source), batch_size, workers,
                              seconds, rounds, cold, list(modes), max_source_samples,

@@ -11,8 +11,8 @@ Three families, all delivering what a training step consumes:
 
 Every iterator is endless so a timed window never runs dry. The baselines sample endlessly (no
 epoch boundary, no worker restart: generous to them); vlpipe chains epochs through its public API,
-so its per-epoch start-up (e.g. forking workers in `processes` mode) is inside the timing, as in
-training.
+so its per-epoch start-up (planning the epoch's batches, refilling the prefetch) is inside the
+timing, as in training.
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def vlpipe_pipeline(cache_dir: Path, manifest: Manifest, mode: str, batch_size: 
     # Equal cores: `threads` mode's consuming thread gathers too while it waits for a batch, so
     # workers - 1 background threads make as many gathering threads as the DataLoader has worker
     # processes (one more thread than cores measured ~12% slower on the 2-core machine).
-    mode_workers = {"inline": 0, "threads": max(1, workers - 1), "processes": workers}[mode]
+    mode_workers = max(1, workers - 1) if mode == "threads" else 0
     helpers = " + the consuming thread" if mode == "threads" else ""
 
     def open_(seed: int) -> Iterator[Batch]:

@@ -4,14 +4,15 @@ A torch DataLoader worker gathers a batch into a *new* shared-memory tensor and 
 to it through a queue: allocating, faulting in and mapping 9.6 MB per batch (batch 64 at 224 px)
 caps it at ~3.5k samples/s on 2 cores, while the gather itself runs at ~20k/s in one process.
 CacheLoader keeps the gather and drops the overhead: batches are gathered into a small ring of
-preallocated buffers that are reused, by threads (the row reads release the GIL) or by worker
-processes that write into shared-memory ring slots and only send batch numbers back.
+preallocated buffers that are reused, by threads: the row reads release the GIL, and worker
+processes writing into shared-memory slots measured slower than threads in every recorded run
+(benchmarks/RESULTS.md).
 
-The ring, the threads of `threads` mode and the worker processes of `processes` mode belong to
-the loader and outlive an epoch: allocating fresh buffers per epoch means faulting in ~50 MB of new
-pages, and forking workers per epoch costs tens of milliseconds, both paid again at every
-`iter(loader)`. Measured on the 2-core machine with a 4000-sample cache (62 batches per epoch),
-that per-epoch cost halved the delivered rate. `close()` (or leaving a `with` block, or garbage collection) stops the workers.
+The ring and the threads of `threads` mode belong to the loader and outlive an epoch: allocating
+fresh buffers per epoch means faulting in ~50 MB of new pages, paid again at every `iter(loader)`;
+measured on the 2-core machine with a 4000-sample cache (62 batches per epoch), per-epoch start-up
+costs halved the delivered rate. `close()` (or leaving a `with` block, or garbage collection)
+stops the threads.
 
 In `threads` mode a batch is gathered in chunks of rows (`CHUNK_ROWS`) by a crew of background
 threads, and the consuming thread takes the next batch's unclaimed chunks itself instead of
@@ -28,10 +29,7 @@ starts), across epoch boundaries too. `.clone()` whatever must live longer.
 from __future__ import annotations
 
 import contextlib
-import os
-import queue
 import threading
-import traceback
 import warnings
 import weakref
 from collections import deque
@@ -41,17 +39,14 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.multiprocessing as tmp
 
 from vlpipe.cache.reader import CacheDataset, RowPlan
 from vlpipe.cache.sampler import CacheSampler
 from vlpipe.errors import VlpipeError
 
-MODES = ("threads", "inline", "processes")
+MODES = ("threads", "inline")
 # Batches the consumer may hold besides the newest: the ownership rule above.
 HELD_BATCHES = 1
-# How often a waiting consumer checks that worker processes are still alive (seconds).
-_POLL_S = 1.0
 # Rows per unit of work in `threads` mode: small enough that the consumer and the crew share a
 # batch evenly, large enough that handing a chunk over (~10 us) is a small part of copying it
 # (8 rows of 150 kB: ~100 us).
@@ -65,10 +60,8 @@ class CacheLoader:
 
     mode: "threads" (default) gathers with `workers` background threads, joined by the consuming
     thread whenever it waits for a batch; "inline" gathers in the caller's thread when asked (no
-    prefetch); "processes" uses `workers` forked processes writing into shared-memory slots. The
-    threads and processes start at the first `iter()` and serve every epoch until `close()`.
-    `prefetch` batches are prepared ahead of the one being consumed (in `processes` mode at least
-    one per worker, since each process gathers whole batches).
+    prefetch). The threads start at the first `iter()` and serve every epoch until `close()`.
+    `prefetch` batches are prepared ahead of the one being consumed.
     The sampler's position advances when a batch is *delivered*, so `state_dict()` taken in the
     loop body resumes right after the batch being trained on. Consecutive indices inside one
     shard (e.g. `shuffle=False`) come as zero-copy views of the memory map unless `pin_memory`
@@ -90,7 +83,7 @@ class CacheLoader:
             raise VlpipeError(f"unknown loader mode {mode!r}; choose one of {', '.join(MODES)}")
         if batch_size < 1:
             raise VlpipeError(f"batch_size must be >= 1, got {batch_size}")
-        if mode != "inline" and workers < 1:
+        if mode == "threads" and workers < 1:
             raise VlpipeError(f"mode {mode!r} needs workers >= 1, got {workers}")
         self.dataset = dataset
         self.batch_size = int(batch_size)
@@ -103,15 +96,13 @@ class CacheLoader:
             warnings.warn("pin_memory=True ignored: CUDA is not available", stacklevel=2)
             pin_memory = False
         self.pin_memory = bool(pin_memory)
-        ahead = {"inline": 0, "threads": max(self.prefetch, 1), "processes": max(self.prefetch, self.workers)}[mode]
+        ahead = max(self.prefetch, 1) if mode == "threads" else 0
         self._ahead = ahead
         # Batch k of an epoch fills slot (first + k) % len(ring); `first` continues after the
         # newest delivered batch, so a new epoch never overwrites the two the consumer may hold.
         self._ring_size = ahead + HELD_BATCHES + 1
         self._ring: list[Batch] = []
-        self._pinned: list[Batch] = []
         self._last_turn = -1
-        self._pool: _ProcessPool | None = None
         self._crew: _Crew | None = None
 
     def __len__(self) -> int:
@@ -127,14 +118,11 @@ class CacheLoader:
         self.sampler.load_state_dict(state)
 
     def close(self) -> None:
-        """Stop the worker processes (`processes` mode) and free the ring; iterating restarts them."""
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
+        """Stop the threads (`threads` mode) and free the ring; iterating starts them again."""
         if self._crew is not None:
             self._crew.close()
             self._crew = None
-        self._ring, self._pinned = [], []
+        self._ring = []
 
     def __enter__(self) -> CacheLoader:
         return self
@@ -145,17 +133,12 @@ class CacheLoader:
     def __iter__(self) -> Iterator[Batch]:
         plan = self.sampler.batches(self.batch_size, drop_last=self.drop_last)
         first = self._last_turn + 1
-        if self.mode == "inline":
-            produced = self._inline(plan, first)
-        elif self.mode == "threads":
-            produced = self._threaded(plan, first)
-        else:
-            produced = self._processes(plan, first)
+        produced = self._inline(plan, first) if self.mode == "inline" else self._threaded(plan, first)
         return self._deliver(plan, first, produced)
 
     def _deliver(self, plan: list[np.ndarray], first: int, produced: Iterator[Batch]) -> Iterator[Batch]:
         # Advancing right before the yield counts a batch once the loop body has it; closing this
-        # generator (break, exception, garbage collection) closes `produced`, which stops workers.
+        # generator (break, exception, garbage collection) closes `produced`, which settles the crew.
         with contextlib.closing(produced):  # type: ignore[type-var]
             for k, (indices, batch) in enumerate(zip(plan, produced, strict=False)):
                 self.sampler.advance(len(indices))
@@ -163,16 +146,10 @@ class CacheLoader:
                 yield batch
 
     def _ring_slots(self) -> list[Batch]:
-        """The loader's ring, allocated on first use (shared memory in `processes` mode)."""
+        """The loader's ring, allocated on first use."""
         if not self._ring:
-            self._ring = [self.dataset.new_batch(self.batch_size, pin_memory=self.pin_memory and self.mode != "processes")
+            self._ring = [self.dataset.new_batch(self.batch_size, pin_memory=self.pin_memory)
                           for _ in range(self._ring_size)]
-            if self.mode == "processes":
-                self._ring = [{k: v.share_memory_() for k, v in slot.items()} for slot in self._ring]
-                if self.pin_memory:
-                    # Page-locked memory cannot be shared with the workers; copy into it here.
-                    self._pinned = [self.dataset.new_batch(self.batch_size, pin_memory=True)
-                                    for _ in range(self._ring_size)]
         return self._ring
 
     def _inline(self, plan: list[np.ndarray], first: int) -> Iterator[Batch]:
@@ -220,36 +197,6 @@ class CacheLoader:
         self.dataset.fill_small(plan, job.batch)
         crew.submit(job)
         return job
-
-    def _processes(self, plan: list[np.ndarray], first: int) -> Iterator[Batch]:
-        ring = self._ring_slots()  # allocated before the workers fork, so they share it
-        if self._pool is None:
-            self._pool = _ProcessPool(self.dataset, ring, self.workers)
-        pool = self._pool
-        submitted = 0
-        try:
-            for k in range(len(plan)):
-                while submitted < len(plan) and submitted <= k + self._ahead:
-                    turn = first + submitted
-                    pool.submit(turn, turn % len(ring), plan[submitted])
-                    submitted += 1
-                pool.wait(first + k)
-                slot = ring[(first + k) % len(ring)]
-                b = len(plan[k])
-                if not self._pinned:
-                    yield {key: t[:b] for key, t in slot.items()}
-                else:
-                    target = self._pinned[(first + k) % len(ring)]
-                    yield {key: target[key][:b].copy_(t[:b]) for key, t in slot.items()}
-        except GeneratorExit:
-            # Left early: batches still being gathered would land in slots the next epoch
-            # reuses, so let them finish first.
-            if not pool.drain():
-                self.close()
-            raise
-        except BaseException:
-            self.close()  # after a failure the workers are not trusted again
-            raise
 
 
 @dataclass(eq=False)
@@ -353,97 +300,3 @@ def _stop_crew(state: _CrewState, threads: list[threading.Thread]) -> None:
     for thread in threads:
         if thread is not threading.current_thread():
             thread.join()
-
-
-class _ProcessPool:
-    """Forked gather workers writing into shared ring slots; only batch numbers travel back."""
-
-    def __init__(self, dataset: CacheDataset, slots: list[Batch], workers: int) -> None:
-        ctx = tmp.get_context("fork" if os.name == "posix" else "spawn")
-        self.tasks, self.results = ctx.Queue(), ctx.Queue()
-        self.procs = [ctx.Process(target=_worker_main, args=(dataset, slots, self.tasks, self.results),
-                                  name=f"vlpipe-gather-{i}", daemon=True) for i in range(workers)]
-        for proc in self.procs:
-            proc.start()
-        self.outstanding: set[int] = set()
-        self.done: dict[int, tuple[str, str] | None] = {}
-        # Stops the workers when the loader is dropped without close() (not at a fixed point).
-        self._finalizer = weakref.finalize(self, _stop, self.procs, self.tasks, self.results)
-
-    def submit(self, turn: int, slot: int, indices: np.ndarray) -> None:
-        self.outstanding.add(turn)
-        self.tasks.put((turn, slot, indices))
-
-    def wait(self, turn: int) -> None:
-        """Block until batch `turn` is in its slot; a worker's error is raised here."""
-        while turn not in self.done:
-            try:
-                number, error = self.results.get(timeout=_POLL_S)
-            except queue.Empty:
-                dead = [p for p in self.procs if not p.is_alive()]
-                if dead:
-                    raise RuntimeError(f"CacheLoader worker {dead[0].name} died (exit code "
-                                       f"{dead[0].exitcode})") from None
-                continue
-            if number == -1:
-                _raise_worker_error(error, "while starting")
-            self.outstanding.discard(number)
-            self.done[number] = error
-        error = self.done.pop(turn)
-        if error is not None:
-            _raise_worker_error(error, f"on batch {turn}")
-
-    def drain(self) -> bool:
-        """Wait out batches submitted but never consumed; False if a worker failed meanwhile."""
-        try:
-            for turn in sorted(self.outstanding):
-                self.wait(turn)
-        except (RuntimeError, VlpipeError):
-            return False
-        self.done.clear()
-        return True
-
-    def close(self) -> None:
-        self._finalizer()
-
-
-def _stop(procs: list[Any], tasks: Any, results: Any) -> None:
-    for _ in procs:
-        with contextlib.suppress(OSError, ValueError):
-            tasks.put(None)
-    for proc in procs:
-        proc.join(timeout=5)
-        if proc.is_alive():
-            proc.terminate()
-            proc.join()
-    for q in (tasks, results):
-        q.cancel_join_thread()
-        q.close()
-
-
-def _raise_worker_error(error: tuple[str, str], where: str) -> None:
-    kind, text = error
-    if kind == "user":
-        raise VlpipeError(text)
-    raise RuntimeError(f"CacheLoader worker failed {where}:\n{text}")
-
-
-def _worker_main(dataset: CacheDataset, slots: list[Batch], tasks: Any, results: Any) -> None:
-    """Gather batches into shared slots; only (batch number, error) goes back.
-
-    An error travels as text: a VlpipeError's one-line message, anything else's traceback.
-    Batch number -1 reports a worker that could not start.
-    """
-    torch.set_num_threads(1)
-    number = -1
-    try:
-        # Fresh mappings instead of the parent's: see CacheDataset.reopen for the RSS reason.
-        dataset.reopen()
-        while (task := tasks.get()) is not None:
-            number, slot, indices = task
-            dataset.gather(indices, out=slots[slot], views=False)
-            results.put((number, None))
-    except VlpipeError as exc:
-        results.put((number, ("user", str(exc))))
-    except BaseException:
-        results.put((number, ("bug", traceback.format_exc())))

@@ -39,8 +39,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
+from vlpipe.cache.arrays import check_size, open_npy
 from vlpipe.cache.format import Manifest, load_manifest
-from vlpipe.errors import VlpipeError, one_line
+from vlpipe.errors import VlpipeError
 
 ARRAY_KINDS = ("images", "tokens", "lengths")
 # The most cache bytes a reader keeps mapped (see the module docstring). A cache that fits stays
@@ -59,35 +60,6 @@ def default_resident_limit() -> int:
     return int(min(MAX_DEFAULT_RESIDENT_LIMIT, ram // 8))
 
 _PAGE = mmap.PAGESIZE
-
-
-def check_size(path: Path, expected: int) -> None:
-    """A shard file has the size the manifest records: the cheap tell of a truncated or swapped copy."""
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise VlpipeError(f"{path}: file is missing; the cache is damaged (run `vlpipe cache verify`)") from None
-    if size != expected:
-        raise VlpipeError(
-            f"{path}: {size} bytes but the manifest records {expected} (truncated or modified; "
-            "run `vlpipe cache verify` and rebuild the cache)"
-        )
-
-
-def open_npy(path: Path, shape: tuple[int, ...], dtypes: tuple[str, ...]) -> np.memmap:
-    """A memory-mapped .npy (never unpickled) of the shape and dtype the manifest promises."""
-    try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise VlpipeError(f"{path}: not a readable .npy file ({one_line(exc)})") from None
-    if not isinstance(arr, np.memmap):
-        raise VlpipeError(f"{path}: could not be memory-mapped")
-    if arr.shape != shape or arr.dtype.name not in dtypes:
-        raise VlpipeError(
-            f"{path}: array is {arr.dtype.name}{list(arr.shape)}, expected "
-            f"{'/'.join(dtypes)}{list(shape)} from the manifest"
-        )
-    return arr
 
 
 def _ensure_fd_limit(needed: int) -> None:
@@ -174,22 +146,15 @@ class CacheDataset:
             for entry in shard.files.values():
                 check_size(self.cache_dir / entry.path, entry.bytes)
             opened = {
-                "images": open_npy(shard.path(self.cache_dir, "images"), (n, img.num_patches, img.patch_dim), ("uint8",)),
-                "tokens": open_npy(shard.path(self.cache_dir, "tokens"), (n, txt.max_len), (txt.dtype,)),
-                "lengths": open_npy(shard.path(self.cache_dir, "lengths"), (n,), ("uint16",)),
+                "images": open_npy(shard.path(self.cache_dir, "images"), {"uint8": (n, img.num_patches, img.patch_dim)}),
+                "tokens": open_npy(shard.path(self.cache_dir, "tokens"), {txt.dtype: (n, txt.max_len)}),
+                "lengths": open_npy(shard.path(self.cache_dir, "lengths"), {"uint16": (n,)}),
             }
             if self.has_labels:
-                path = shard.path(self.cache_dir, "labels")
-                try:
-                    labels = np.load(path, mmap_mode="r", allow_pickle=False)
-                except (ValueError, OSError, EOFError) as exc:
-                    raise VlpipeError(f"{path}: not a readable .npy file ({one_line(exc)})") from None
-                if labels.shape[:1] != (n,) or labels.ndim > 2 or labels.dtype.name not in ("int64", "uint8"):
-                    raise VlpipeError(f"{path}: labels are {labels.dtype.name}{list(labels.shape)}, "
-                                      f"expected int64[{n}] or uint8[{n}, num_labels]")
-                opened["labels"] = labels
+                # Class ids or multi-hot rows, whichever the file holds: the reader needs no labels
+                # section to hand them out (verify checks them against it).
+                opened["labels"] = open_npy(shard.path(self.cache_dir, "labels"), {"int64": (n,), "uint8": (n, None)})
             arrays.append(opened)
-        self.close()
         self._arrays = arrays
         # Plain ndarray views of the same maps for per-row reads: np.memmap's indexing runs
         # Python code (~5 us) on every access.
@@ -228,31 +193,6 @@ class CacheDataset:
                 f"manifest says {self.manifest.splits[split]}; the cache is inconsistent"
             )
         return index
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Memory maps do not travel between processes; a worker maps the files itself.
-        state = self.__dict__.copy()
-        state["_arrays"] = []
-        state["_plain"] = []
-        state["_small"] = {}
-        state["_image_fds"] = []
-        state["_release_lock"] = None
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._release_lock = threading.Lock()
-        self._open_arrays()
-
-    def reopen(self) -> None:
-        """Map and open the files afresh, e.g. in a forked worker.
-
-        A forked child inherits the parent's mappings with the parent's resident pages, and is
-        charged for every page it then reads through them; fresh mappings start empty.
-        """
-        self._image_fds = []  # the parent's descriptors stay open for the parent
-        self._open_arrays()
-        self._gathered = 0
 
     def close(self) -> None:
         """Close the pread descriptors (the maps close when their arrays are released)."""
@@ -424,24 +364,3 @@ class CacheDataset:
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         """One sample, without the batch dimension (for inspection; train with batches)."""
         return {k: v[0] for k, v in self.gather([index]).items()}
-
-    # -- inspection (not on the hot path) ---------------------------------------------------
-
-    def meta(self, indices: Any, columns: list[str] | None = None) -> pa.Table:
-        """meta.parquet rows of dataset positions, in the order given."""
-        _glob, shard, local = self._locate(indices)
-        order = np.argsort(shard, kind="stable")
-        tables = []
-        for s in np.unique(shard).tolist():
-            rows = local[order][shard[order] == s]
-            table = pq.read_table(self.manifest.shards[s].path(self.cache_dir, "meta"), columns=columns)
-            tables.append(table.take(pa.array(rows)))
-        if not tables:
-            return pq.read_table(self.manifest.shards[0].path(self.cache_dir, "meta"), columns=columns).slice(0, 0)
-        inverse = np.empty_like(order)
-        inverse[order] = np.arange(len(order))
-        return pa.concat_tables(tables).take(pa.array(inverse))
-
-    def captions(self, indices: Any) -> list[str]:
-        """The original captions of dataset positions."""
-        return self.meta(indices, columns=["caption"]).column("caption").to_pylist()

@@ -21,8 +21,8 @@ def bench() -> None:
                    "JPEGs. Without it, the cache's images are re-encoded as JPEG q95 (an approximation).")
 @click.option("--batch-size", default=64, show_default=True, help="Samples per batch for every pipeline.")
 @click.option("--workers", type=int, default=None,
-              help="Worker processes for the baselines and vlpipe's processes mode (equal cores); vlpipe's "
-                   "threads mode starts one thread fewer, as its consuming thread gathers too. "
+              help="Worker processes for the baselines (equal cores); vlpipe's threads mode starts one "
+                   "thread fewer, as its consuming thread gathers too. "
                    "0 loads everything in the calling process (baselines with num_workers=0, vlpipe "
                    "inline mode only). Default: all usable CPUs.")
 @click.option("--seconds", default=5.0, show_default=True, help="Timed seconds per pipeline per round.")
