@@ -1,5 +1,9 @@
 """Build one cache shard from one source shard: decode, resize, patchify, tokenize, write.
 
+The source shard's rows come from vlpipe/ingest/. Each sample's split is decided here and only
+here: the row's own (a labelled dataset's train/val/test), else a hash of its key with
+--val-fraction.
+
 Runs inside a worker process. Memory stays flat however big the shard: each image is decoded,
 patchified and appended to images.npy straight away, and only the captions and small metadata
 are held until the end. The .npy header is written first with a placeholder length and rewritten
@@ -139,8 +143,7 @@ def build_shard(task: ShardTask, report: Callable[[int], None] | None = None) ->
                 continue
             fh.write(np.ascontiguousarray(patches).data)
             width, height = img.info["original_size"]
-            # The one place a split is decided: the row's own (a labelled dataset's train/val/test),
-            # else a hash of the key, so rebuilds and reshuffles keep every sample in its split.
+            # A hash of the key, not of the position, so rebuilds keep every sample in its split.
             for name, value in (("key", item.key), ("caption", item.caption), ("url", item.url),
                                 ("width", width), ("height", height),
                                 ("sha256", hashlib.sha256(item.image).hexdigest()),
