@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from vlpipe.train.trainer import pretrain
 
 from vlpipe.cache.format import load_manifest
 from vlpipe.cache.writer import build_cache
@@ -19,8 +20,7 @@ from vlpipe.model import build_model
 from vlpipe.train.classifier import PRETRAIN_HEADS, Classifier, label_weights, load_shared_weights, loss_terms
 from vlpipe.train.config import PretrainConfig
 from vlpipe.train.finetune import FinetuneConfig, finetune, load_finetune_config, model_config_for_finetune
-from vlpipe.train.metrics import read_metrics
-from vlpipe.train.trainer import pretrain
+from vlpipe.train.metrics_log import read_metrics
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -4,10 +4,10 @@ import math
 
 import pytest
 import torch
+from vlpipe.train.trainer import pretrain
 
 from vlpipe.train.config import PretrainConfig
-from vlpipe.train.metrics import read_metrics
-from vlpipe.train.trainer import pretrain
+from vlpipe.train.metrics_log import read_metrics
 
 # The demo's recipe (vlpipe/demo/run.py, DemoConfig): 64 px images in 16 px patches, lr 2e-3, no
 # dropout. Alignment prediction first sits on a plateau near chance (the pooled image and text vectors
