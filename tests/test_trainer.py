@@ -6,11 +6,11 @@ import cachegen
 import pytest
 import torch
 from safetensors.torch import load_file
-from vlpipe.train.trainer import pretrain
 
 from vlpipe.errors import VlpipeError
 from vlpipe.train.config import PretrainConfig
 from vlpipe.train.metrics_log import read_metrics
+from vlpipe.train.pretrain import pretrain
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -226,16 +226,19 @@ def _field_at(cls: type[Settings], loc: tuple[Any, ...]) -> tuple[str, FieldInfo
 
 
 def explain(exc: ValidationError, cls: type[Settings], source: str, flags: Mapping[str, Any] | None = None,
-            dotted: bool = False) -> str:
+            dotted: bool = False, prefix: str = "") -> str:
     """The first validation problem as one line, naming the flag or the file and key.
 
     `dotted` names a setting by its path through the sections (`text.heads`, as model options are
-    written) instead of by its flat name (`min_side`, as fetch's flags are).
+    written) instead of by its flat name (`min_side`, as fetch's flags are); `prefix` goes before
+    the name (the section of a setting checked on its own).
     """
     error = exc.errors()[0]
     name, info, inside = _field_at(cls, tuple(error["loc"]))
     if dotted and name:
         name = ".".join(str(part) for part in error["loc"] if isinstance(part, str))
+    if name:
+        name = prefix + name
     value = error.get("input")
     problem = _problem(error, info)
     if inside and info is not None and error["type"] not in ("value_error", "assertion_error"):

@@ -38,6 +38,7 @@ class VisionConfig(Settings):
     norm_eps: float = setting(1e-6, "LayerNorm epsilon (timm's ViTs; open_clip's 1e-5 is set on import).", gt=0)
     act: Activation = setting("gelu", "MLP activation.")
     pre_norm: bool = setting(False, "A LayerNorm before the first block (open_clip's ln_pre).")
+    proj_dim: int = setting(0, "> 0: a bias-free projection of the CLS token (open_clip's proj).", ge=0)
     pixel_mean: tuple[float, float, float] = setting(CLIP_MEAN, "Per-channel mean the model normalizes with.")
     pixel_std: tuple[float, float, float] = setting(CLIP_STD, "Per-channel std the model normalizes with.")
 
@@ -164,18 +165,33 @@ OLD_FLAT_KEYS = {"vocab_size": "text", "max_len": "text", "type_vocab_size": "te
 
 
 def check_override_keys(overrides: Mapping[str, Any]) -> None:
-    """Every key is a dotted model option (`text.layers`); older spellings are refused with the right one.
+    """Every key is a dotted model option (`text.layers`) with a value of its type and range; older
+    spellings are refused with the right one. Checks across options (co-attention placement within
+    the layers) need the whole config and happen when it is built.
 
     Raises ValueError (settings validation turns it into a one-line error naming the flag or file).
     """
-    for key in overrides:
+    for key, value in overrides.items():
         section, dot, name = key.partition(".")
         if dot and section in SECTIONS:
             if name not in SECTIONS[section].model_fields:
                 valid = ", ".join(f"{section}.{n}" for n in SECTIONS[section].model_fields)
                 raise ValueError(f"unknown model option {key}; valid: {valid}")
-        elif key != "grad_checkpointing":
+            checked, values, prefix = SECTIONS[section], {name: value}, f"{section}."
+        elif key == "grad_checkpointing":
+            checked, values, prefix = ModelConfig, {key: value}, ""
+        else:
             raise ValueError(f"unknown model option {key!r}; {_hint(key)}")
+        try:
+            with validating():
+                checked.model_validate(values)
+        except ValidationError as exc:
+            raise ValueError(explain(exc, checked, "model option", prefix=prefix).removeprefix("model option: ")) from None
+
+
+def every_dropout(p: float, kinds: tuple[str, ...] = ("dropout", "attn_dropout")) -> dict[str, float]:
+    """Overrides that set each section's dropout of these kinds to `p` (e.g. 0 for a learning test)."""
+    return {f"{s}.{kind}": p for s, c in SECTIONS.items() for kind in kinds if kind in c.model_fields}
 
 
 def _hint(key: str) -> str:
@@ -192,10 +208,9 @@ def _hint(key: str) -> str:
 
 def apply_overrides(cfg: ModelConfig, overrides: Mapping[str, Any]) -> ModelConfig:
     """A copy of `cfg` with dotted-key `overrides` applied and the result validated."""
-    try:
-        check_override_keys(overrides)
-    except ValueError as exc:
-        raise VlpipeError(str(exc)) from None
+    unknown = [key for key in overrides if key != "grad_checkpointing" and key.partition(".")[0] not in SECTIONS]
+    if unknown:
+        raise VlpipeError(f"unknown model option {unknown[0]!r}; {_hint(unknown[0])}")
     values = cfg.model_dump()
     for key, value in overrides.items():
         section, dot, name = key.partition(".")

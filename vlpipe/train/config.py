@@ -52,7 +52,6 @@ class RunSettings(Settings):
                                                          fixed=True)
     compile: bool = setting(False, "torch.compile the training step.")
     device: str = setting("auto", "auto | cpu | cuda | cuda:N (under torchrun: auto picks this process's GPU).")
-    seed: int = setting(0, "Seeds the weights' initialisation, the data order and the training masks.", fixed=True)
     eval_batch_size: int = setting(64, "Validation batch size.", ge=1)
     log_every: int = setting(10, "Log training metrics every N optimizer steps.", ge=1)
     keep_checkpoints: int = setting(2, "Checkpoints kept on disk (the newest); 0 = all.", ge=0)
@@ -107,6 +106,7 @@ class PretrainConfig(RunSettings):
     steps: int | None = setting(None, "Optimizer steps to train (exclusive with --epochs).", ge=1, fixed=True)
     epochs: float | None = setting(None, "Epochs over the train split, fractions allowed (exclusive with --steps).",
                                    gt=0, allow_inf_nan=False, fixed=True)
+    seed: int = setting(0, "Seeds the weights' initialisation, the data order and the training masks.", fixed=True)
     eval_seed: int = setting(1234, "Fixes the validation masks and negatives.", fixed=True)
     eval_every: int = setting(0, "Evaluate every N optimizer steps; 0 = only at the end.", ge=0)
     eval_max_batches: int = setting(0, "Validation batches per evaluation; 0 = the whole val split.", ge=0)

@@ -154,6 +154,9 @@ class FinetuneTask:
         torch.manual_seed(seed)
         self.model = Classifier(build_model(model_cfg), outputs, config.fusion, config.head_dropout)
         self.init_loaded = load_shared_weights(self.model, init) if init is not None else 0
+        # Only masked-image modelling uses the mask token: frozen here, so it takes no optimizer state
+        # and DDP does not wait for a gradient that never comes.
+        self.model.backbone.vision.mask_token.requires_grad_(False)
         self.model.to(device)
         self.weights = None
         if config.class_weighted:

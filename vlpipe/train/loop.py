@@ -266,8 +266,8 @@ class Loop:
                                             self.info, self.device)
                 if at_end or self.stopped or (every_ckpt and self.step % every_ckpt == 0):
                     self._save()
-            if val is None:  # nothing left to train (a finished run resumed): its final numbers
-                val = self._evaluate(live, began)
+            if val is None:  # a finished run resumed: its final numbers, already in metrics.jsonl
+                val = self._evaluate(live, began, record=False)
         finally:
             self._close_batches()
             self.loader.close()  # the gather threads serve every epoch until here
@@ -325,12 +325,12 @@ class Loop:
         if self.step % self.steps_per_epoch == 0:
             self.epoch += 1
 
-    def _evaluate(self, live: LiveView, began: float) -> dict[str, float]:
+    def _evaluate(self, live: LiveView, began: float, record: bool = True) -> dict[str, float]:
         """Rank 0 evaluates; the other ranks wait at the barrier."""
         result: dict[str, float] = {}
         if self.info.is_main:
             result = self.task.evaluate()
-            if result:
+            if result and record:
                 self._record("val", result, began)
                 live.show_eval(self.step, result)
         barrier(self.info)
