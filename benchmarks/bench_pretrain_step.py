@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 from vlpipe.train.config import PretrainConfig
-from vlpipe.train.metrics import read_metrics
-from vlpipe.train.trainer import pretrain
+from vlpipe.train.metrics_log import read_metrics
+from vlpipe.train.pretrain import pretrain
 
 
 def synthetic_cache(cache: Path, n: int, image_size: int, patch_size: int, processes: int) -> Path:

@@ -37,7 +37,7 @@ def _trained(seed: int) -> tuple[nn.Module, torch.optim.Optimizer]:
 
 
 def _save(run, step, model, opt, **kw):
-    return save_checkpoint(run, step, model=model, teacher=model, optimizer=opt, state={"micro": step},
+    return save_checkpoint(run, step, model=model, extra={"teacher": model}, optimizer=opt, state={"micro": step},
                            config={"x": 1}, **kw)
 
 
@@ -47,7 +47,7 @@ def test_round_trip_restores_weights_optimizer_and_rng(tmp_path):
     path = _save(tmp_path, 7, model, opt)
     expected_rng = torch.rand(3)
     fresh, fresh_opt = _trained(1)
-    state = load_checkpoint(path, model=fresh, teacher=None, optimizer=fresh_opt)
+    state = load_checkpoint(path, model=fresh, optimizer=fresh_opt)
     assert state["step"] == 7 and state["micro"] == 7
     assert torch.equal(torch.rand(3), expected_rng)
     for a, b in zip(model.state_dict().values(), fresh.state_dict().values(), strict=True):
@@ -104,9 +104,11 @@ def test_mismatched_model_is_a_clear_error(tmp_path):
     model, opt = _trained(0)
     path = _save(tmp_path, 1, model, opt)
     with pytest.raises(VlpipeError, match="does not match the model"):
-        load_checkpoint(path, model=nn.Linear(4, 4), teacher=None, optimizer=None)
+        load_checkpoint(path, model=nn.Linear(4, 4), optimizer=None)
     (tmp_path / "checkpoints" / "latest.json").write_text('{"checkpoint": "step_99"}')
-    with pytest.raises(VlpipeError, match="missing or incomplete"):
+    assert latest_checkpoint(tmp_path) == path  # a pointer at nothing: the newest complete checkpoint
+    (path / "state.json").unlink()
+    with pytest.raises(VlpipeError, match="missing or incomplete, and no other complete checkpoint"):
         latest_checkpoint(tmp_path)
 
 
@@ -142,7 +144,7 @@ def test_damaged_checkpoint_names_the_file(tmp_path, file, damage, message):
     damage(path / file)
     fresh, fresh_opt = _trained(1)
     with pytest.raises(VlpipeError, match=message) as exc:
-        load_checkpoint(path, model=fresh, teacher=fresh, optimizer=fresh_opt)
+        load_checkpoint(path, model=fresh, extra={"teacher": fresh}, optimizer=fresh_opt)
     assert "\n" not in str(exc.value)
 
 
@@ -152,7 +154,7 @@ def test_weights_of_another_shape_are_one_line(tmp_path):
     other = Tied()
     other.mid = nn.Linear(4, 5)  # same names, other shapes
     with pytest.raises(VlpipeError, match=r"model.safetensors does not match the model \(.*size mismatch") as exc:
-        load_checkpoint(path, model=other, teacher=None, optimizer=None)
+        load_checkpoint(path, model=other, optimizer=None)
     assert "\n" not in str(exc.value)
 
 
@@ -177,3 +179,39 @@ def test_a_fresh_run_starts_only_in_an_empty_folder_or_a_runs_own(tmp_path):
 def test_resume_without_a_checkpoint_starts_fresh_and_says_so(tmp_path, capsys):
     assert start_run_dir(tmp_path / "typo", resume=True) is None
     assert capsys.readouterr().err == f"--resume: no checkpoint in {tmp_path / 'typo'}; starting a fresh run\n"
+
+
+def test_a_missing_extra_module_file_is_an_error_naming_it(tmp_path):
+    """Resuming a MIM run without its teacher would train against another teacher and diverge."""
+    model, opt = _trained(0)
+    path = _save(tmp_path, 1, model, opt)
+    (path / "teacher.safetensors").unlink()
+    fresh, fresh_opt = _trained(1)
+    with pytest.raises(VlpipeError, match=r"teacher.safetensors is missing: the checkpoint is incomplete"):
+        load_checkpoint(path, model=fresh, extra={"teacher": fresh}, optimizer=fresh_opt)
+
+
+def test_rewriting_a_step_keeps_the_old_copy_until_the_new_one_is_in(tmp_path, monkeypatch):
+    """A crash between moving the old copy aside and renaming the new one in must lose nothing:
+    latest.json then names a missing folder, and resuming falls back to the newest complete one."""
+    import os
+
+    model, opt = _trained(0)
+    _save(tmp_path, 1, model, opt)
+    first = _save(tmp_path, 2, model, opt)
+    real_replace = os.replace
+
+    def crash_on_the_new_copy(src, dst):
+        if os.path.basename(dst) == first.name and "old" not in os.path.basename(src):
+            raise OSError("simulated crash")  # the new copy's rename into place
+        real_replace(src, dst)
+
+    monkeypatch.setattr("vlpipe.train.checkpoint.os.replace", crash_on_the_new_copy)
+    with pytest.raises(OSError, match="simulated crash"):
+        _save(tmp_path, 2, model, opt)
+    monkeypatch.setattr("vlpipe.train.checkpoint.os.replace", real_replace)
+    assert not first.exists()  # moved aside, the new copy never came in
+    found = latest_checkpoint(tmp_path)
+    assert found == first and (found / "state.json").exists()  # the old copy was put back
+    fresh, fresh_opt = _trained(1)
+    assert load_checkpoint(found, model=fresh, extra={"teacher": fresh}, optimizer=fresh_opt)["step"] == 2

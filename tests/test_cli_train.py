@@ -48,7 +48,7 @@ def test_pretrain_from_config_file_with_flag_override_then_plot(tmp_path, capsys
     config.write_text(f'cache = "{tmp_path / "cache"}"\nsteps = 50\nbatch_size = 4\nworkers = 1\nlive = false\n')
     code, out, err = _run(["train", "pretrain", "--config", str(config), "--out", str(tmp_path / "run"),
                            "--steps", "2", "--tasks", "mlm,ap", "--task-weights", "ap=0.5",
-                           "--model", "text_layers=1"], capsys)
+                           "--model", "text.layers=1"], capsys)
     assert code == 0, err
     assert "trained 2 steps" in out and "val ap_acc" in out
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
@@ -75,12 +75,14 @@ def _one_error_line(code, err, *needles):
 
 @pytest.mark.parametrize(("flags", "message"), [
     (["--device", "foo"], "--device foo: expected auto, cpu, cuda or cuda:N"),
-    (["--warmup", "-5"], "warmup must be >= 0"),
-    (["--grad-clip", "-1"], "grad_clip must be >= 0"),
-    (["--min-lr-ratio", "-2"], "min_lr_ratio must be in [0, 1]"),
-    (["--eval-every", "-1"], "eval_every must be >= 0"),
-    (["--ckpt-every", "-1"], "ckpt_every must be >= 0"),
-    (["--task-weights", "foo=1"], "task_weights has unknown task(s) foo"),
+    (["--warmup", "-5"], "--warmup -5.0: must be >= 0"),
+    (["--grad-clip", "-1"], "--grad-clip -1.0: must be >= 0"),
+    (["--min-lr-ratio", "-2"], "--min-lr-ratio -2.0: must be >= 0"),
+    (["--eval-every", "-1"], "--eval-every -1: must be >= 0"),
+    (["--ckpt-every", "-1"], "--ckpt-every -1: must be >= 0"),
+    (["--task-weights", "foo=1"], "--task-weights foo=1.0: unknown task(s) foo"),
+    (["--batch-size", "0"], "--batch-size 0: must be >= 1"),
+    (["--betas", "0.9"], "--betas 0.9: expected 2 comma-separated values"),
 ])
 def test_pretrain_flags_out_of_range(tmp_path, capsys, flags, message):
     code, _, err = _run(["train", "pretrain", "--cache", str(tmp_path), "--out", str(tmp_path / "r"), "--steps", "1",
@@ -90,8 +92,9 @@ def test_pretrain_flags_out_of_range(tmp_path, capsys, flags, message):
 
 
 @pytest.mark.parametrize(("flags", "message"), [
-    (["--head-dropout", "2"], "head_dropout must be in [0, 1), got 2.0"),
-    (["--patience", "-1"], "patience must be >= 0 (0 = never stop early), got -1"),
+    (["--head-dropout", "2"], "--head-dropout 2.0: must be < 1"),
+    (["--patience", "-1"], "--patience -1: must be >= 0"),
+    (["--seed", "1,1"], "--seed 1,1: must be distinct, got [1, 1]"),
     (["--device", "cuda:x"], "--device cuda:x: expected auto, cpu, cuda or cuda:N"),
 ])
 def test_finetune_flags_out_of_range(tmp_path, capsys, flags, message):
@@ -112,16 +115,18 @@ def test_config_file_with_a_string_number(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(("override", "message"), [
-    ("text_layers=abc", "model option text_layers must be an integer, got 'abc'"),
-    ("text_layers=-2", "model option text.layers must be >= 0, got -2"),
-    ("vision_heads=0", "model option vision.heads must be >= 1, got 0"),
-    ("dropout=abc", "model option dropout must be a number, got 'abc'"),
-    ("dropout=1.5", "model option vision.dropout must be in [0, 1), got 1.5"),
-    ("heads_align=3", "model option heads_align must be a string, got 3"),
-    ("grad_checkpointing=2", "model option grad_checkpointing must be true or false, got 2"),
-    ("coattn_text_layers=[1,", "--model: bad value in 'coattn_text_layers=[1,' (not a JSON list"),
+    ("text.layers=abc", "--model text.layers=abc: text.layers must be an integer, got 'abc'"),
+    ("text.layers=-2", "--model text.layers=-2: text.layers must be >= 0, got -2"),
+    ("vision.heads=0", "--model vision.heads=0: vision.heads must be >= 1, got 0"),
+    ("vision.dropout=1.5", "vision.dropout must be < 1, got 1.5"),
+    ("heads.align=3", "heads.align must be one of product or concat, got 3"),
+    ("grad_checkpointing=2", "grad_checkpointing must be true or false, got 2"),
+    ("coattn.text_layers=[1,", "--model coattn.text_layers=[1,: not a JSON list"),
+    # the older spellings are refused with the dotted one
+    ("text_layers=2", "unknown model option 'text_layers'; write it as text.layers"),
+    ("dropout=0.0", "unknown model option 'dropout'; set each section's own: vision.dropout, text.dropout"),
     # a list in brackets reaches the model config whole (tiny has 2 text layers: 3 is out of range)
-    ("coattn_text_layers=[3],dropout=0.0", "coattn.text_layers (3,) must be increasing and within 0..2"),
+    ("coattn.text_layers=[3],vision.dropout=0.0", "coattn.text_layers [3] must be increasing and within 0..2"),
 ])
 def test_bad_model_override_names_the_option(tiny_cache, tmp_path, capsys, override, message):
     code, _, err = _run(["train", "pretrain", "--cache", str(tiny_cache), "--out", str(tmp_path / "r"), "--steps", "1",
@@ -163,8 +168,7 @@ def test_plot_with_a_damaged_metrics_file(tmp_path, capsys):
 
 
 def test_model_options_split_at_commas_outside_brackets():
-    from vlpipe.cli.train import _model_value, _parse_pairs
+    from vlpipe.settings import split_pairs
 
-    assert _parse_pairs(("text_layers=4,coattn_text_layers=[1,2,3]", "dropout=0.1,align=concat"), "--model",
-                        _model_value) == {"text_layers": 4, "coattn_text_layers": [1, 2, 3], "dropout": 0.1,
-                                          "align": "concat"}
+    assert split_pairs("text.layers=4,coattn.text_layers=[1,2,3], heads.align=concat") == [
+        "text.layers=4", "coattn.text_layers=[1,2,3]", "heads.align=concat"]

@@ -16,16 +16,26 @@ from vlpipe.cache.format import load_manifest
 from vlpipe.cache.writer import build_cache
 from vlpipe.errors import VlpipeError
 from vlpipe.model import build_model
-from vlpipe.train.classifier import PRETRAIN_HEADS, Classifier, label_weights, load_shared_weights, loss_terms
-from vlpipe.train.config import PretrainConfig
-from vlpipe.train.finetune import FinetuneConfig, finetune, load_finetune_config, model_config_for_finetune
-from vlpipe.train.metrics import read_metrics
-from vlpipe.train.trainer import pretrain
+from vlpipe.model.config import every_dropout
+from vlpipe.train.classifier import (
+    PRETRAIN_HEADS,
+    Classifier,
+    label_weights,
+    load_shared_weights,
+    loss_terms,
+    pretrain_checkpoint,
+)
+from vlpipe.train.config import FinetuneConfig, PretrainConfig, load_finetune_config
+from vlpipe.train.finetune import finetune
+from vlpipe.train.metrics_log import read_metrics
+from vlpipe.train.model_setup import model_config_for_finetune
+from vlpipe.train.pretrain import pretrain
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CACHE_OPTS = {"image_size": 32, "patch_size": 8, "max_len": 10, "quiet": True, "processes": 1}
 WORDS = ["cat", "dog", "sun", "tree", "car", "boat", "hat", "cup"]
+NO_DROPOUT = every_dropout(0.0, ("dropout",))
 
 
 
@@ -82,7 +92,7 @@ def caches(tmp_path_factory):
 
 def _config(cache, out, **kw) -> FinetuneConfig:
     base = dict(cache=str(cache), out=str(out), epochs=2, batch_size=16, lr=1e-3, log_every=4, workers=1,
-                live=False, plots=False, patience=0, model_overrides={"dropout": 0.0})
+                live=False, plots=False, patience=0, model_overrides=NO_DROPOUT)
     return FinetuneConfig(**(base | kw))
 
 
@@ -107,7 +117,8 @@ def test_init_loads_every_shared_weight_and_the_head_starts_fresh(caches, tmp_pa
     assert len(shared) < len(saved)  # the pretraining heads are in the file but not shared
 
     config = _config(memes, tmp_path / "ft", init=str(tmp_path / "pre"))
-    model_cfg, checkpoint = model_config_for_finetune(config, load_manifest(memes))
+    checkpoint = pretrain_checkpoint(config.init)
+    model_cfg = model_config_for_finetune(config, load_manifest(memes), checkpoint)
     torch.manual_seed(0)
     model = Classifier(build_model(model_cfg), 1, "product", 0.1)
     head_before = {k: v.clone() for k, v in model.head.state_dict().items()}
@@ -140,8 +151,8 @@ def test_seeds_summary_and_exact_resume(caches, tmp_path):
     assert s["std"]["val"]["accuracy"] == pytest.approx(np.std(accs, ddof=1))
     assert json.loads((tmp_path / "full" / "summary.json").read_text()) == s
 
-    def crash(seed, step):
-        if seed == 1 and step == 15:  # in seed 1's second epoch (12 steps per epoch)
+    def crash(info):
+        if info.run_dir.name == "seed-1" and info.step == 15:  # in seed 1's second epoch (12 steps per epoch)
             raise RuntimeError("simulated crash")
 
     with pytest.raises(RuntimeError, match="simulated crash"):
@@ -152,7 +163,7 @@ def test_seeds_summary_and_exact_resume(caches, tmp_path):
         finetune(_config(memes, tmp_path / "cut", seeds=(0, 1), resume=True, lr=2e-3))
     steps: list[tuple[int, int]] = []
     resumed = finetune(_config(memes, tmp_path / "cut", seeds=(0, 1), resume=True),
-                       on_step=lambda seed, step: steps.append((seed, step)))
+                       on_step=lambda info: steps.append((int(info.run_dir.name[5:]), info.step)))
     # A true resume: the finished seed takes no step, seed 1 goes on after its epoch-1 checkpoint
     # (a rerun from scratch would give the same figures, since training is deterministic).
     assert steps[0] == (1, 13) and all(seed == 1 for seed, _ in steps)
@@ -261,16 +272,17 @@ def test_multilabel_threshold_from_val_and_multiclass_metrics(caches, tmp_path):
 @pytest.mark.parametrize(("values", "message"), [
     ({"epochs": "1"}, "ft.json: epochs must be an integer, got '1'"),
     ({"seeds": 0}, "ft.json: seeds must be a list of integers, got 0"),
+    ({"seeds": [1, 1]}, r"ft.json: seeds: must be distinct, got \[1, 1\]"),
     ({"head_dropout": "0.1"}, "ft.json: head_dropout must be a number, got '0.1'"),
-    ({"head_dropout": 2}, r"config: head_dropout must be in \[0, 1\), got 2"),
-    ({"head_dropout": 1}, r"config: head_dropout must be in \[0, 1\), got 1"),
-    ({"patience": -1}, r"config: patience must be >= 0 \(0 = never stop early\), got -1$"),
-    ({"lr": 0}, "config: lr must be a finite number > 0, got 0$"),
-    ({"lr": float("inf")}, "config: lr must be a finite number > 0, got inf$"),
-    ({"device": "foo"}, "--device foo: expected auto, cpu, cuda or cuda:N"),
+    ({"head_dropout": 2}, "ft.json: head_dropout must be < 1, got 2"),
+    ({"head_dropout": 1}, "ft.json: head_dropout must be < 1, got 1"),
+    ({"patience": -1}, "ft.json: patience must be >= 0, got -1$"),
+    ({"lr": 0}, "ft.json: lr must be > 0, got 0$"),
+    ({"lr": float("inf")}, "ft.json: lr must be a finite number, got inf$"),
+    ({"device": "foo"}, "ft.json: device: expected auto, cpu, cuda or cuda:N"),
     ({"warmup": -1}, "warmup must be >= 0"),
     ({"grad_clip": -1}, "grad_clip must be >= 0"),
-    ({"min_lr_ratio": 2}, r"min_lr_ratio must be in \[0, 1\]"),
+    ({"min_lr_ratio": 2}, "min_lr_ratio must be <= 1"),
 ])
 def test_bad_finetune_config_files_name_the_setting(tmp_path, values, message):
     path = tmp_path / "ft.json"
@@ -299,7 +311,7 @@ def test_init_with_a_bad_latest_pointer_is_a_clear_error(caches, tmp_path, point
 
 @pytest.mark.parametrize(("model", "message"), [
     ('"x"', "'model' must be an object, got str"),
-    ('{"vision": 5}', "config.json: model option vision must be a table"),
+    ('{"vision": 5}', "config.json: model option: vision must be a table"),
     ('{"vision": {"depth": "x"}}', "config.json: "),
 ])
 def test_init_with_a_damaged_model_config_is_a_clear_error(caches, tmp_path, model, message):

@@ -5,9 +5,10 @@ import math
 import pytest
 import torch
 
+from vlpipe.model.config import every_dropout
 from vlpipe.train.config import PretrainConfig
-from vlpipe.train.metrics import read_metrics
-from vlpipe.train.trainer import pretrain
+from vlpipe.train.metrics_log import read_metrics
+from vlpipe.train.pretrain import pretrain
 
 # The demo's recipe (vlpipe/demo/run.py, DemoConfig): 64 px images in 16 px patches, lr 2e-3, no
 # dropout. Alignment prediction first sits on a plateau near chance (the pooled image and text vectors
@@ -30,7 +31,7 @@ def trained(tmp_path_factory):
                                tokenizer="wordpiece:400", val_fraction=0.1, processes=1, quiet=True)
         result = pretrain(PretrainConfig(
             cache=str(root / "cache"), out=str(root / "run"), preset="tiny", steps=STEPS, batch_size=64, lr=2e-3,
-            model_overrides={"dropout": 0.0}, warmup=0.05, eval_every=STEPS // 4, log_every=50, workers=1,
+            model_overrides=every_dropout(0.0, ("dropout",)), warmup=0.05, eval_every=STEPS // 4, log_every=50, workers=1,
             live=False, seed=0,
         ))
     finally:

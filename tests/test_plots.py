@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from vlpipe.errors import VlpipeError
-from vlpipe.train.metrics import MetricsWriter
+from vlpipe.train.metrics_log import MetricsWriter
 from vlpipe.train.plots import plot_run
 
 

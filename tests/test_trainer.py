@@ -9,8 +9,8 @@ from safetensors.torch import load_file
 
 from vlpipe.errors import VlpipeError
 from vlpipe.train.config import PretrainConfig
-from vlpipe.train.metrics import read_metrics
-from vlpipe.train.trainer import pretrain
+from vlpipe.train.metrics_log import read_metrics
+from vlpipe.train.pretrain import pretrain
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

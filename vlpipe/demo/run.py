@@ -165,14 +165,15 @@ def _build_cache(config: DemoConfig, raw: Path, cache: Path) -> dict[str, Any]:
 def _train(config: DemoConfig, cache: Path, run: Path) -> dict[str, Any]:
     import torch
 
+    from vlpipe.model.config import every_dropout
     from vlpipe.train.config import PretrainConfig
-    from vlpipe.train.trainer import pretrain
+    from vlpipe.train.pretrain import pretrain
 
     torch.set_num_threads(config.processes)
     result = pretrain(PretrainConfig(
         cache=str(cache), out=str(run), preset="tiny", steps=config.steps, batch_size=config.batch_size,
         lr=config.lr, seed=config.seed, eval_every=max(1, config.steps // 10), workers=config.processes,
-        model_overrides={"dropout": config.dropout, "attn_dropout": config.dropout}, live=config.live, plots=True,
+        model_overrides=every_dropout(config.dropout), live=config.live, plots=True,
     ))
     if "ap_acc" not in result.val:
         raise VlpipeError(f"training in {run} produced no validation AP accuracy; is the validation split empty?")

@@ -1,7 +1,7 @@
 """The lean vision-language model: ViT on uint8 patches + BERT + ViLBERT co-attention.
 
     from vlpipe.model import build_model
-    model = build_model("tiny", vocab_size=8000, image_size=64, patch_size=8, max_len=32)
+    model = build_model("tiny", {"text.vocab_size": 8000, "vision.image_size": 64, "vision.patch_size": 8})
     out = model(images_u8, input_ids, attention_mask)
 
 See docs/model.md for the architecture, the presets and importing pretrained weights.

@@ -1,42 +1,46 @@
-"""Model configuration as plain dataclasses, the three presets, and how overrides are routed.
+"""The model's settings, each declared once (vlpipe/settings.py), the three presets, and overrides.
 
 A config is data: `ModelConfig.to_dict()` is JSON-ready and `ModelConfig.from_dict()` rebuilds it,
-so a training run can save the exact architecture next to its weights and rebuild it from there.
+so a training run saves the exact architecture next to its weights and rebuilds it from there.
+Overrides have one spelling, a dotted key per setting (`text.layers=4`, `coattn.text_layers=[1,2]`),
+on the command line (`--model`), in config files and in Python (`make_config("tiny", {...})`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import typing
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import ValidationError, model_validator
 
 from vlpipe.errors import VlpipeError
-from vlpipe.utils.typecheck import coerce, describe, matches
+from vlpipe.settings import Settings, explain, setting, validating
 
-# OpenAI CLIP statistics, the cache's default too (see docs/cache-format.md).
+# OpenAI CLIP statistics: the cache's default pixel statistics too (see docs/cache-format.md).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
+Activation = Literal["gelu", "gelu_tanh", "quick_gelu"]
+Dropout = dict(ge=0, lt=1)  # torch's dropout accepts p = 1, which zeroes everything
 
-@dataclass
-class VisionConfig:
+
+class VisionConfig(Settings):
     """The ViT image stream: pre-LN blocks over uint8 patches from the cache."""
 
-    image_size: int = 224
-    patch_size: int = 16
-    hidden: int = 768
-    layers: int = 12
-    heads: int = 12
-    mlp_hidden: int = 3072
-    dropout: float = 0.1
-    attn_dropout: float = 0.1
-    norm_eps: float = 1e-6  # timm's ViTs; open_clip uses 1e-5 (the importer sets it)
-    act: str = "gelu"
-    pre_norm: bool = False  # a LayerNorm before the first block (open_clip's ln_pre)
-    proj_dim: int = 0  # > 0: a bias-free projection of the CLS token (open_clip's proj), see ViT.embed
-    pixel_mean: tuple[float, float, float] = CLIP_MEAN
-    pixel_std: tuple[float, float, float] = CLIP_STD
+    image_size: int = setting(224, "Image side in pixels (the cache's).", ge=1)
+    patch_size: int = setting(16, "Patch side in pixels (the cache's).", ge=1)
+    hidden: int = setting(768, "Width of the image stream.", ge=1)
+    layers: int = setting(12, "Transformer blocks.", ge=0)
+    heads: int = setting(12, "Attention heads per block.", ge=1)
+    mlp_hidden: int = setting(3072, "Hidden width of each block's MLP.", ge=1)
+    dropout: float = setting(0.1, "Dropout after attention and MLP.", **Dropout)
+    attn_dropout: float = setting(0.1, "Dropout on attention weights.", **Dropout)
+    norm_eps: float = setting(1e-6, "LayerNorm epsilon (timm's ViTs; open_clip's 1e-5 is set on import).", gt=0)
+    act: Activation = setting("gelu", "MLP activation.")
+    pre_norm: bool = setting(False, "A LayerNorm before the first block (open_clip's ln_pre).")
+    proj_dim: int = setting(0, "> 0: a bias-free projection of the CLS token (open_clip's proj).", ge=0)
+    pixel_mean: tuple[float, float, float] = setting(CLIP_MEAN, "Per-channel mean the model normalizes with.")
+    pixel_std: tuple[float, float, float] = setting(CLIP_STD, "Per-channel std the model normalizes with.")
 
     @property
     def grid(self) -> int:
@@ -51,25 +55,23 @@ class VisionConfig:
         return self.patch_size * self.patch_size * 3
 
 
-@dataclass
-class TextConfig:
+class TextConfig(Settings):
     """The BERT text stream (post-LN, so Hugging Face BERT checkpoints load unchanged)."""
 
-    vocab_size: int = 30522
-    hidden: int = 768
-    layers: int = 12
-    heads: int = 12
-    intermediate: int = 3072
-    max_len: int = 512  # number of position embeddings
-    type_vocab_size: int = 2
-    dropout: float = 0.1
-    attn_dropout: float = 0.1
-    norm_eps: float = 1e-12
-    act: str = "gelu"
+    vocab_size: int = setting(30522, "Token ids (the cache's tokenizer).", ge=1)
+    hidden: int = setting(768, "Width of the text stream.", ge=1)
+    layers: int = setting(12, "Transformer layers.", ge=0)
+    heads: int = setting(12, "Attention heads per layer.", ge=1)
+    intermediate: int = setting(3072, "Hidden width of each layer's MLP.", ge=1)
+    max_len: int = setting(512, "Position embeddings (at least the cache's text length).", ge=1)
+    type_vocab_size: int = setting(2, "Token type embeddings (BERT's segments).", ge=1)
+    dropout: float = setting(0.1, "Dropout after embeddings, attention and MLP.", **Dropout)
+    attn_dropout: float = setting(0.1, "Dropout on attention weights.", **Dropout)
+    norm_eps: float = setting(1e-12, "LayerNorm epsilon (BERT's).", gt=0)
+    act: Activation = setting("gelu", "MLP activation.")
 
 
-@dataclass
-class CoAttentionConfig:
+class CoAttentionConfig(Settings):
     """Where and how wide the bi-directional cross-attention layers are (ViLBERT's "connection" layers).
 
     Co-attention layer `i` runs after text layers `[.., text_layers[i])` and image layers
@@ -77,179 +79,158 @@ class CoAttentionConfig:
     vilbert-multi-task; the remaining layers of each stream run after the last one.
     """
 
-    text_layers: tuple[int, ...] = (6, 7, 8, 9, 10, 11)
-    image_layers: tuple[int, ...] = (6, 7, 8, 9, 10, 11)
-    hidden: int = 768
-    heads: int = 12
-    text_intermediate: int = 3072
-    image_intermediate: int = 3072
-    dropout: float = 0.1
-    attn_dropout: float = 0.1
+    text_layers: tuple[int, ...] = setting((6, 7, 8, 9, 10, 11), "Text layer before which each co-attention "
+                                           "layer runs (early fusion: small numbers; late: large).")
+    image_layers: tuple[int, ...] = setting((6, 7, 8, 9, 10, 11), "Image layer before which each co-attention "
+                                            "layer runs; one per text_layers entry.")
+    hidden: int = setting(768, "Width of the cross-attention.", ge=1)
+    heads: int = setting(12, "Cross-attention heads.", ge=1)
+    text_intermediate: int = setting(3072, "MLP width on the text side.", ge=1)
+    image_intermediate: int = setting(3072, "MLP width on the image side.", ge=1)
+    dropout: float = setting(0.1, "Dropout after attention and MLP.", **Dropout)
+    attn_dropout: float = setting(0.1, "Dropout on attention weights.", **Dropout)
 
 
-@dataclass
-class HeadsConfig:
+class HeadsConfig(Settings):
     """The pretraining heads: MLM (tied), alignment (one logit per pair) and MIM projection."""
 
-    align: str = "product"  # "product" (ViLBERT) or "concat"
-    mim_dim: int = 256
-    dropout: float = 0.1
+    align: Literal["product", "concat"] = setting("product", "How the alignment head joins pooled text and "
+                                                  "image: ViLBERT's element-wise product, or concatenation.")
+    mim_dim: int = setting(256, "Width of the space where masked patches meet their targets.", ge=1)
+    dropout: float = setting(0.1, "Dropout before the alignment classifier.", **Dropout)
 
 
-@dataclass
-class ModelConfig:
-    vision: VisionConfig = field(default_factory=VisionConfig)
-    text: TextConfig = field(default_factory=TextConfig)
-    coattn: CoAttentionConfig = field(default_factory=CoAttentionConfig)
-    heads: HeadsConfig = field(default_factory=HeadsConfig)
-    grad_checkpointing: bool = False  # recompute block activations in backward: less memory, ~30% slower
+SECTIONS: dict[str, type[Settings]] = {"vision": VisionConfig, "text": TextConfig, "coattn": CoAttentionConfig,
+                                       "heads": HeadsConfig}
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        return apply_overrides(cls(), d)
+class ModelConfig(Settings):
+    vision: VisionConfig = setting(factory=VisionConfig, help="The image stream.")
+    text: TextConfig = setting(factory=TextConfig, help="The text stream.")
+    coattn: CoAttentionConfig = setting(factory=CoAttentionConfig, help="The co-attention layers.")
+    heads: HeadsConfig = setting(factory=HeadsConfig, help="The pretraining heads.")
+    grad_checkpointing: bool = setting(False, "Recompute block activations in backward: less memory, ~30% slower.")
 
-    def validate(self) -> None:
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelConfig:
         """Catch the mistakes that would otherwise surface as a shape error deep in a forward pass."""
         v, t, c = self.vision, self.text, self.coattn
-        for section in _SECTIONS:
-            _check_ranges(section, getattr(self, section))
         if v.image_size % v.patch_size:
-            raise VlpipeError(f"image_size {v.image_size} is not a multiple of patch_size {v.patch_size}")
+            raise ValueError(f"image_size {v.image_size} is not a multiple of patch_size {v.patch_size}")
         for name, hidden, heads in (("vision", v.hidden, v.heads), ("text", t.hidden, t.heads),
                                     ("coattn", c.hidden, c.heads)):
             if hidden % heads:
-                raise VlpipeError(f"{name} hidden size {hidden} is not divisible by its {heads} heads")
+                raise ValueError(f"{name} hidden size {hidden} is not divisible by its {heads} heads")
         if len(c.text_layers) != len(c.image_layers):
-            raise VlpipeError(f"coattn.text_layers {c.text_layers} and coattn.image_layers "
-                              f"{c.image_layers} must have the same length (one pair per co-attention layer)")
+            raise ValueError(f"coattn.text_layers {list(c.text_layers)} and coattn.image_layers "
+                             f"{list(c.image_layers)} must have the same length (one pair per co-attention layer)")
         for name, ids, n in (("text", c.text_layers, t.layers), ("image", c.image_layers, v.layers)):
             if list(ids) != sorted(ids) or any(i < 0 or i > n for i in ids):
-                raise VlpipeError(f"coattn.{name}_layers {ids} must be increasing and within 0..{n}")
-        if self.heads.align not in ("product", "concat"):
-            raise VlpipeError(f"heads.align must be 'product' or 'concat', not {self.heads.align!r}")
-        for name, cfg in (("vision", v), ("text", t)):
-            if cfg.act not in ACTIVATIONS:
-                raise VlpipeError(f"{name}.act {cfg.act!r} is not one of {sorted(ACTIVATIONS)}")
+                raise ValueError(f"coattn.{name}_layers {list(ids)} must be increasing and within 0..{n}")
+        return self
 
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> ModelConfig:
+        """A config saved by `to_dict()` (nested sections), e.g. a run's config.json."""
+        return _validated(dict(values))
 
-ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu")
-
-_SECTIONS = {"vision": VisionConfig, "text": TextConfig, "coattn": CoAttentionConfig, "heads": HeadsConfig}
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Small enough to train in seconds on 2 CPU cores; every code path of the big models is exercised.
     "tiny": {
-        "vision": {"image_size": 64, "patch_size": 8, "hidden": 64, "layers": 2, "heads": 2, "mlp_hidden": 128},
-        "text": {"vocab_size": 1024, "hidden": 64, "layers": 2, "heads": 2, "intermediate": 128, "max_len": 64},
-        "coattn": {"text_layers": (1,), "image_layers": (1,), "hidden": 64, "heads": 2,
-                   "text_intermediate": 128, "image_intermediate": 128},
-        "heads": {"mim_dim": 32},
+        "vision.image_size": 64, "vision.patch_size": 8, "vision.hidden": 64, "vision.layers": 2,
+        "vision.heads": 2, "vision.mlp_hidden": 128,
+        "text.vocab_size": 1024, "text.hidden": 64, "text.layers": 2, "text.heads": 2, "text.intermediate": 128,
+        "text.max_len": 64,
+        "coattn.text_layers": (1,), "coattn.image_layers": (1,), "coattn.hidden": 64, "coattn.heads": 2,
+        "coattn.text_intermediate": 128, "coattn.image_intermediate": 128,
+        "heads.mim_dim": 32,
     },
     # What the thesis trained: ViT-B/16 + BERT-base, co-attention interleaved with the last 6 layers of both.
     "base": {},
     # vilbert-multi-task's layout: text 12 x 768; vision 6 x 1024 (8 heads); 6 co-attention layers
     # (1024 wide, 8 heads) before each vision layer and before text layers 6..11.
     "vilbert": {
-        "vision": {"hidden": 1024, "layers": 6, "heads": 8, "mlp_hidden": 1024},
-        "coattn": {"text_layers": (6, 7, 8, 9, 10, 11), "image_layers": (0, 1, 2, 3, 4, 5),
-                   "hidden": 1024, "heads": 8, "text_intermediate": 3072, "image_intermediate": 1024},
+        "vision.hidden": 1024, "vision.layers": 6, "vision.heads": 8, "vision.mlp_hidden": 1024,
+        "coattn.text_layers": (6, 7, 8, 9, 10, 11), "coattn.image_layers": (0, 1, 2, 3, 4, 5),
+        "coattn.hidden": 1024, "coattn.heads": 8, "coattn.text_intermediate": 3072,
+        "coattn.image_intermediate": 1024,
     },
 }
 
-# Flat keys that are unambiguous; "dropout" and "attn_dropout" go to every section that has them.
-_FLAT = {"vocab_size": "text", "max_len": "text", "type_vocab_size": "text",
-         "image_size": "vision", "patch_size": "vision", "pixel_mean": "vision", "pixel_std": "vision",
-         "align": "heads", "mim_dim": "heads"}
-_EVERYWHERE = ("dropout", "attn_dropout")
+# Flat spellings of earlier versions, refused with their dotted form.
+OLD_FLAT_KEYS = {"vocab_size": "text", "max_len": "text", "type_vocab_size": "text", "image_size": "vision",
+                 "patch_size": "vision", "pixel_mean": "vision", "pixel_std": "vision", "align": "heads",
+                 "mim_dim": "heads"}
 
 
-# Sizes that must be >= 1 and counts that may be 0, per section; everything named "*dropout" is a
-# probability in [0, 1). Checked in `ModelConfig.validate`, so a negative size is named before it
-# surfaces as a confusing layer-index or shape error.
-_POSITIVE = ("image_size", "patch_size", "hidden", "heads", "mlp_hidden", "vocab_size", "intermediate",
-             "max_len", "type_vocab_size", "text_intermediate", "image_intermediate", "mim_dim")
-_NON_NEGATIVE = ("layers", "proj_dim")
+def check_override_keys(overrides: Mapping[str, Any]) -> None:
+    """Every key is a dotted model option (`text.layers`) with a value of its type and range; older
+    spellings are refused with the right one. Checks across options (co-attention placement within
+    the layers) need the whole config and happen when it is built.
 
-
-def _check_ranges(section: str, obj: Any) -> None:
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if f.name in _POSITIVE and value < 1:
-            raise VlpipeError(f"model option {section}.{f.name} must be >= 1, got {value}")
-        if f.name in _NON_NEGATIVE and value < 0:
-            raise VlpipeError(f"model option {section}.{f.name} must be >= 0, got {value}")
-        if f.name.endswith("dropout") and not 0 <= value < 1:
-            raise VlpipeError(f"model option {section}.{f.name} must be in [0, 1), got {value}")
-        if f.name == "norm_eps" and not value > 0:
-            raise VlpipeError(f"model option {section}.{f.name} must be > 0, got {value}")
-
-
-def _typed(value: Any, expected: Any, given: str) -> Any:
-    """`value` checked against the option's annotation and converted to its type, or a one-line error.
-
-    Overrides come from `--model KEY=VALUE` (where anything that is not a number is text) and from
-    JSON, so `text_layers=abc` must be refused here, naming the option as the user wrote it.
+    Raises ValueError (settings validation turns it into a one-line error naming the flag or file).
     """
-    if not matches(value, expected):
-        raise VlpipeError(f"model option {given} must be {describe(expected)}, got {value!r}")
-    return coerce(value, expected)
-
-
-def _set(section_obj: Any, section: str, key: str, value: Any, given: str | None = None) -> None:
-    names = {f.name for f in dataclasses.fields(section_obj)}
-    if key not in names:
-        raise VlpipeError(f"unknown model option {section}.{key}; valid: {', '.join(sorted(names))}")
-    expected = typing.get_type_hints(type(section_obj))[key]
-    setattr(section_obj, key, _typed(value, expected, given or f"{section}.{key}"))
-
-
-def apply_overrides(cfg: ModelConfig, overrides: dict[str, Any]) -> ModelConfig:
-    """Return a copy of `cfg` with overrides applied.
-
-    Accepted forms: nested dicts (`text={"layers": 4}`), section-prefixed flat keys
-    (`text_layers=4`, `vision_hidden=384`, `coattn_heads=8`), unambiguous flat keys (`vocab_size`,
-    `image_size`, `patch_size`, `max_len`, `pixel_mean`, `pixel_std`, `align`, `mim_dim`), and
-    `dropout` / `attn_dropout`, which set every section's value at once.
-    """
-    cfg = _copy(cfg)
     for key, value in overrides.items():
-        if key in _SECTIONS:
-            if dataclasses.is_dataclass(value) and not isinstance(value, type):
-                value = dataclasses.asdict(value)
-            if not isinstance(value, dict):
-                raise VlpipeError(f"model option {key} must be a table/object of {key} settings, got {value!r}")
-            for sub_key, sub_value in value.items():
-                _set(getattr(cfg, key), key, sub_key, sub_value)
+        section, dot, name = key.partition(".")
+        if dot and section in SECTIONS:
+            if name not in SECTIONS[section].model_fields:
+                valid = ", ".join(f"{section}.{n}" for n in SECTIONS[section].model_fields)
+                raise ValueError(f"unknown model option {key}; valid: {valid}")
+            checked, values, prefix = SECTIONS[section], {name: value}, f"{section}."
         elif key == "grad_checkpointing":
-            cfg.grad_checkpointing = _typed(value, bool, key)
-        elif key in _FLAT:
-            _set(getattr(cfg, _FLAT[key]), _FLAT[key], key, value, given=key)
-        elif key in _EVERYWHERE:
-            for section in _SECTIONS:
-                if hasattr(getattr(cfg, section), key):
-                    setattr(getattr(cfg, section), key, _typed(value, float, key))
-        elif "_" in key and key.split("_", 1)[0] in _SECTIONS:
-            section, sub_key = key.split("_", 1)
-            _set(getattr(cfg, section), section, sub_key, value, given=key)
+            checked, values, prefix = ModelConfig, {key: value}, ""
         else:
-            raise VlpipeError(f"unknown model option {key!r}; use a section prefix "
-                              f"({', '.join(s + '_' for s in _SECTIONS)}) or one of "
-                              f"{', '.join(sorted([*_FLAT, *_EVERYWHERE, 'grad_checkpointing']))}")
-    cfg.validate()
-    return cfg
+            raise ValueError(f"unknown model option {key!r}; {_hint(key)}")
+        try:
+            with validating():
+                checked.model_validate(values)
+        except ValidationError as exc:
+            raise ValueError(explain(exc, checked, "model option", prefix=prefix).removeprefix("model option: ")) from None
 
 
-def _copy(cfg: ModelConfig) -> ModelConfig:
-    return ModelConfig(**{name: dataclasses.replace(getattr(cfg, name)) for name in _SECTIONS},
-                       grad_checkpointing=cfg.grad_checkpointing)
+def every_dropout(p: float, kinds: tuple[str, ...] = ("dropout", "attn_dropout")) -> dict[str, float]:
+    """Overrides that set each section's dropout of these kinds to `p` (e.g. 0 for a learning test)."""
+    return {f"{s}.{kind}": p for s, c in SECTIONS.items() for kind in kinds if kind in c.model_fields}
 
 
-def make_config(preset: str = "base", **overrides: Any) -> ModelConfig:
-    """A preset's config with `overrides` applied (the same keys `build_model` accepts)."""
+def _hint(key: str) -> str:
+    """The dotted spelling of an option written the old ways (`text_layers`, `vocab_size`, `dropout`)."""
+    section, _, name = key.partition("_")
+    if section in SECTIONS and name in SECTIONS[section].model_fields:
+        return f"write it as {section}.{name}"
+    if key in OLD_FLAT_KEYS:
+        return f"write it as {OLD_FLAT_KEYS[key]}.{key}"
+    if key in ("dropout", "attn_dropout"):
+        return "set each section's own: " + ", ".join(f"{s}.{key}" for s, c in SECTIONS.items() if key in c.model_fields)
+    return "options are dotted: " + ", ".join(f"{s}.NAME" for s in SECTIONS) + " or grad_checkpointing"
+
+
+def apply_overrides(cfg: ModelConfig, overrides: Mapping[str, Any]) -> ModelConfig:
+    """A copy of `cfg` with dotted-key `overrides` applied and the result validated."""
+    unknown = [key for key in overrides if key != "grad_checkpointing" and key.partition(".")[0] not in SECTIONS]
+    if unknown:
+        raise VlpipeError(f"unknown model option {unknown[0]!r}; {_hint(unknown[0])}")
+    values = cfg.model_dump()
+    for key, value in overrides.items():
+        section, dot, name = key.partition(".")
+        if dot:
+            values[section][name] = value
+        else:
+            values[key] = value
+    return _validated(values)
+
+
+def _validated(values: dict[str, Any]) -> ModelConfig:
+    try:
+        with validating():
+            return ModelConfig.model_validate(values)
+    except ValidationError as exc:
+        raise VlpipeError(explain(exc, ModelConfig, "model option", dotted=True)) from None
+
+
+def make_config(preset: str = "base", overrides: Mapping[str, Any] | None = None) -> ModelConfig:
+    """A preset's config with dotted-key `overrides` applied (the keys `build_model` accepts)."""
     if preset not in PRESETS:
         raise VlpipeError(f"unknown model preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    cfg = apply_overrides(ModelConfig(), PRESETS[preset])
-    return apply_overrides(cfg, overrides)
+    return apply_overrides(apply_overrides(ModelConfig(), PRESETS[preset]), overrides or {})

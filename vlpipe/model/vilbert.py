@@ -6,6 +6,7 @@ the outputs it needs (MLM on text tokens, alignment on the pooled pair, MIM on i
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,7 +97,6 @@ class MIMHead(nn.Module):
 class ViLBERT(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        config.validate()
         self.config = config
         v, t, c = config.vision, config.text, config.coattn
         self.vision = ViT(v, config.grad_checkpointing)
@@ -140,10 +140,9 @@ class ViLBERT(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-def build_model(preset: str | ModelConfig = "base", **overrides: Any) -> ViLBERT:
-    """The one way to build a model: a preset name (`tiny`, `base`, `vilbert`) or a saved
-    `ModelConfig`, plus overrides such as `vocab_size=`, `image_size=`, `patch_size=`, `max_len=`,
-    `pixel_mean=`, `pixel_std=`, `dropout=`, `text_layers=` or nested `vision={...}` (see config.py)."""
+def build_model(preset: str | ModelConfig = "base", overrides: Mapping[str, Any] | None = None) -> ViLBERT:
+    """The one way to build a model: a preset name (`tiny`, `base`, `vilbert`) or a saved `ModelConfig`,
+    plus dotted-key overrides such as `{"text.vocab_size": 8000, "vision.image_size": 64}` (config.py)."""
     if isinstance(preset, ModelConfig):
-        return ViLBERT(apply_overrides(preset, overrides))
-    return ViLBERT(make_config(preset, **overrides))
+        return ViLBERT(apply_overrides(preset, overrides or {}))
+    return ViLBERT(make_config(preset, overrides))

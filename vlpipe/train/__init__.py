@@ -1,5 +1,5 @@
 """Pretraining on a cache (MLM, alignment prediction, contrastive MIM) and fine-tuning on a
-labelled cache (see docs/training.md).
+labelled cache, both run by one training loop (see docs/training.md).
 
     from vlpipe.train import PretrainConfig, pretrain
     result = pretrain(PretrainConfig(cache="cache/cc", out="runs/tiny", steps=2000))
@@ -10,9 +10,10 @@ labelled cache (see docs/training.md).
     result.summary["mean"]["val"]  # mean over seeds (summary.json)
 """
 
-from vlpipe.train.config import PretrainConfig, load_config
-from vlpipe.train.finetune import FinetuneConfig, FinetuneResult, finetune, load_finetune_config
-from vlpipe.train.trainer import PretrainResult, StepInfo, pretrain
+from vlpipe.train.config import FinetuneConfig, PretrainConfig, load_config, load_finetune_config
+from vlpipe.train.finetune import FinetuneResult, finetune
+from vlpipe.train.loop import LoopResult, StepInfo
+from vlpipe.train.pretrain import pretrain
 
-__all__ = ["FinetuneConfig", "FinetuneResult", "PretrainConfig", "PretrainResult", "StepInfo", "finetune",
+__all__ = ["FinetuneConfig", "FinetuneResult", "LoopResult", "PretrainConfig", "StepInfo", "finetune",
            "load_config", "load_finetune_config", "pretrain"]

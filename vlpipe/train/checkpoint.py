@@ -1,8 +1,8 @@
 """Checkpoints a user can open safely: safetensors for every tensor, JSON for everything else.
 
 Layout of `RUN_DIR/checkpoints/step_00001234/`:
-  model.safetensors      student weights (tied weights stored once, see `safetensors.torch.save_model`)
-  teacher.safetensors    EMA teacher weights (MIM targets)
+  model.safetensors      the trained weights (tied weights stored once, see `safetensors.torch.save_model`)
+  teacher.safetensors    the task's other modules, one file each (pretraining's EMA teacher)
   optimizer.safetensors  AdamW moments and step counts, keyed `state.<param>.<name>`
   rng.safetensors        torch CPU (and CUDA) generator states, for dropout
   state.json             optimizer param groups, trainer counters, sampler position, metrics so far
@@ -10,7 +10,10 @@ Layout of `RUN_DIR/checkpoints/step_00001234/`:
 
 A checkpoint is written into a `.tmp-` directory and renamed into place, then `latest.json` is
 replaced atomically to point at it, so a crash at any moment leaves the previous checkpoint
-complete and current. Loading never executes pickle.
+complete and current. Rewriting a step that exists (the end of a resumed run) moves the old folder
+aside first and deletes it only once the new one is in place; should `latest.json` ever name a
+folder that is gone, resuming falls back to the newest complete checkpoint. Loading never executes
+pickle.
 """
 
 from __future__ import annotations
@@ -91,13 +94,16 @@ def save_checkpoint(
     step: int,
     *,
     model: nn.Module,
-    teacher: nn.Module | None,
+    extra: dict[str, nn.Module],
     optimizer: torch.optim.Optimizer,
     state: dict[str, Any],
     config: dict[str, Any],
     keep_last: int = 2,
 ) -> Path:
-    """Write checkpoint `step` atomically, point `latest.json` at it, prune older ones."""
+    """Write checkpoint `step` atomically, point `latest.json` at it, prune older ones.
+
+    `extra` are further modules saved as `<name>.safetensors` (pretraining's EMA teacher).
+    """
     root = Path(run_dir) / CHECKPOINTS
     final = root / checkpoint_name(step)
     tmp = root / f"{TMP_PREFIX}{os.getpid()}-{final.name}"
@@ -105,8 +111,8 @@ def save_checkpoint(
     tmp.mkdir(parents=True)
     try:
         save_model(model, str(tmp / "model.safetensors"))
-        if teacher is not None:
-            save_model(teacher, str(tmp / "teacher.safetensors"))
+        for name, module in extra.items():
+            save_model(module, str(tmp / f"{name}.safetensors"))
         opt_tensors, opt_meta = optimizer_state_to_files(optimizer)
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
         save_file(rng_state(), str(tmp / "rng.safetensors"))
@@ -115,13 +121,16 @@ def save_checkpoint(
         for path in tmp.iterdir():
             with open(path, "rb") as fh:
                 os.fsync(fh.fileno())
-        if final.exists():  # rewriting the same step (e.g. the end of a resumed run)
-            shutil.rmtree(final)
+        replaced = root / f"{TMP_PREFIX}old-{final.name}"
+        if final.exists():  # rewriting the same step: the old copy stays complete until the new one is in
+            shutil.rmtree(replaced, ignore_errors=True)
+            os.replace(final, replaced)
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     write_json_atomic(root / LATEST, {"checkpoint": final.name, "step": step})
+    shutil.rmtree(replaced, ignore_errors=True)
     _prune(root, keep_last, keep=final.name)
     return final
 
@@ -208,20 +217,46 @@ def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
                           f'{{"checkpoint": "step_NNNNNNNN", ...}}, got {shown(data)})')
     path = pointer.parent / name
     if not (path / "state.json").exists():
-        raise VlpipeError(f"{pointer} points at {path}, which is missing or incomplete")
+        # A crash between moving a rewritten step aside and renaming its new copy in: the newest
+        # complete checkpoint (or that step's old copy) is where the run really stands.
+        path = _newest_complete(pointer.parent)
+        if path is None:
+            raise VlpipeError(f"{pointer} points at {pointer.parent / name}, which is missing or incomplete, "
+                              "and no other complete checkpoint is there")
+        print(f"note: {pointer} names {name}, which is missing; resuming from {path.name}", file=sys.stderr)
     return path
+
+
+def _newest_complete(root: Path) -> Path | None:
+    """The complete checkpoint (state.json written last) with the highest step, old copies included."""
+    found = []
+    for folder in root.iterdir():
+        match = re.fullmatch(rf"(?:{re.escape(TMP_PREFIX)}old-)?step_(\d+)", folder.name)
+        if match and (folder / "state.json").exists():
+            found.append((int(match.group(1)), not folder.name.startswith(TMP_PREFIX), folder))
+    if not found:
+        return None
+    step, final, folder = max(found)
+    if not final:  # only the moved-aside copy survived: put it back under its own name
+        target = root / checkpoint_name(step)
+        os.replace(folder, target)
+        folder = target
+    return folder
 
 
 def load_checkpoint(
     path: str | os.PathLike[str],
     *,
     model: nn.Module,
-    teacher: nn.Module | None,
+    extra: dict[str, nn.Module] | None = None,
     optimizer: torch.optim.Optimizer | None,
     device: torch.device | str = "cpu",
     restore_rng: bool = True,
 ) -> dict[str, Any]:
     """Load weights (and optionally optimizer and RNG) in place; returns the trainer state dict.
+
+    Every module in `extra` must have its file: resuming a run with MIM without its teacher's
+    weights would silently train against another teacher and diverge from the uninterrupted run.
 
     A damaged checkpoint (a truncated file after a full disk, a hand-edited state.json) is reported
     as `<file>: not a valid checkpoint (...)` naming the file, not as a parser's traceback.
@@ -235,8 +270,11 @@ def load_checkpoint(
     if not isinstance(state, dict) or not isinstance(state.get("step"), int) or isinstance(state["step"], bool):
         raise VlpipeError(f"{state_file}: not a valid checkpoint (expected an object with an integer 'step')")
     _load_weights(model, path / "model.safetensors", device)
-    if teacher is not None and (path / "teacher.safetensors").exists():
-        _load_weights(teacher, path / "teacher.safetensors", device)
+    for name, module in (extra or {}).items():
+        file = path / f"{name}.safetensors"
+        if not file.exists():
+            raise VlpipeError(f"{file} is missing: the checkpoint is incomplete (this run needs its {name} weights)")
+        _load_weights(module, file, device)
     if optimizer is not None:
         # Loaded on the CPU: `load_state_dict` moves moments to each parameter's device itself and
         # keeps the `step` counters where the optimizer implementation expects them.

@@ -1,250 +1,210 @@
-"""The run config: one flat dataclass, loadable from JSON or TOML, overridable by flags.
+"""The settings of a training run, each declared once (type, default, range, help; vlpipe/settings.py).
 
-Flat on purpose (nanoGPT style): every field is one CLI flag or one key in the file, and the whole
-thing is saved as `RUN_DIR/config.json`, so any run can be reproduced from its folder alone.
+`RunSettings` holds what pretraining and fine-tuning share (optimizer, schedule, precision, device,
+loader, checkpoints, logging); `PretrainConfig` and `FinetuneConfig` add their own. Flat on purpose
+(nanoGPT style): every setting is one flag and one key in a config file, and the whole config is
+saved as `RUN_DIR/config.json`, so any run can be reproduced from its folder alone. Settings marked
+`fixed` decide what a run trains: a resumed run must keep them (checkpoint.check_same_recipe).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
-import os
+import copy
 import re
-import typing
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import field_validator, model_validator
+from pydantic.fields import FieldInfo
 
 from vlpipe.cache.loader import MODES
-from vlpipe.errors import VlpipeError
-from vlpipe.train.tasks import TASKS
-from vlpipe.utils.typecheck import describe, matches
+from vlpipe.model.config import check_override_keys
+from vlpipe.settings import Settings, load_settings, setting
+from vlpipe.train.masking import TASKS
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
-    import tomli as tomllib  # type: ignore[no-redef]
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+PRESET_NAMES = Literal["tiny", "base", "vilbert"]
 
 
-@dataclass
-class PretrainConfig:
-    """Everything a pretraining run depends on. See docs/training.md for the meaning of each field."""
+class RunSettings(Settings):
+    """What every training run has: data, model size, optimization, hardware, checkpoints, logging."""
 
-    cache: str = ""
-    out: str = ""
-    preset: str = "tiny"
-    model_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"text": {"layers": 4}}
-    text_init: str | None = None  # PATH to BERT weights or "minilm"
-    vision_init: str | None = None  # PATH to ViT weights
-    tasks: tuple[str, ...] = TASKS
-    task_weights: dict[str, float] = field(default_factory=lambda: {"mlm": 1.0, "ap": 1.0, "mim": 1.0})
-    mlm_prob: float = 0.15
-    mim_prob: float = 0.15
-    mim_tau: float = 0.1  # InfoNCE temperature
-    ema_decay: float = 0.996  # EMA teacher momentum per optimizer step
-    steps: int | None = None  # optimizer steps; exclusive with epochs
-    epochs: float | None = None
-    batch_size: int = 64  # per process and micro-batch; global = batch_size * grad_accum * world_size
-    grad_accum: int = 1
-    lr: float = 1e-4
-    min_lr_ratio: float = 0.1
-    warmup: float = 0.05  # < 1: fraction of optimizer steps; >= 1: number of optimizer steps
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.999)
-    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
-    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
-    compile: bool = False
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    seed: int = 0
-    eval_seed: int = 1234  # fixes the eval masks and negatives
-    eval_every: int = 0  # optimizer steps between evaluations; 0 = only at the end
-    eval_batch_size: int = 64
-    eval_max_batches: int = 0  # 0 = the whole val split
-    ckpt_every: int = 0  # optimizer steps between checkpoints; 0 = only at the end
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    resume: bool = False
-    workers: int = 2
-    loader_mode: str = "threads"
-    live: bool = True  # rich live view (rank 0, only when the console is a terminal)
-    tensorboard: bool = False
-    plots: bool = True
+    cache: str = setting(help="Cache directory from `vlpipe build-cache`.", min_length=1)
+    out: str = setting(help="Run directory: checkpoints/, metrics.jsonl, plots/, config.json.", min_length=1)
+    preset: PRESET_NAMES = setting("tiny", "Model size. tiny: seconds on a CPU; base: ViT-B/16 + BERT-base; "
+                                   "vilbert: ViLBERT's layout.", fixed=True)
+    model_overrides: dict[str, Any] = setting(
+        factory=dict, help="Model options as dotted keys, e.g. --model text.layers=4,vision.hidden=384 or "
+        "--model coattn.text_layers=[1,2,3] (see docs/model.md).", flag="--model", metavar="KEY=VALUE", fixed=True)
+    batch_size: int = setting(64, "Samples per micro-batch per process; global batch = this x --grad-accum x "
+                              "processes.", ge=1, fixed=True)
+    grad_accum: int = setting(1, "Micro-batches per optimizer step.", ge=1, fixed=True)
+    lr: float = setting(1e-4, "Peak AdamW learning rate.", gt=0, allow_inf_nan=False, fixed=True)
+    min_lr_ratio: float = setting(0.1, "Final lr as a fraction of --lr (cosine decay after warmup).",
+                                  ge=0, le=1, fixed=True)
+    warmup: float = setting(0.05, "Linear warmup: < 1 a fraction of the optimizer steps, >= 1 a number of them.",
+                            ge=0, allow_inf_nan=False, fixed=True)
+    weight_decay: float = setting(0.01, "AdamW decay on matrices (not on biases and norms).",
+                                  ge=0, allow_inf_nan=False, fixed=True)
+    betas: tuple[float, float] = setting((0.9, 0.999), "AdamW betas, two numbers in [0, 1).", fixed=True)
+    grad_clip: float = setting(1.0, "Max global gradient norm, 0 = off (the norm is always computed, so "
+                               "non-finite gradients stop the run).", ge=0, allow_inf_nan=False, fixed=True)
+    precision: Literal["auto", "bf16", "fp32"] = setting("auto", "auto: bf16 autocast on GPU, fp32 on CPU.",
+                                                         fixed=True)
+    compile: bool = setting(False, "torch.compile the training step.")
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N (under torchrun: auto picks this process's GPU).")
+    eval_batch_size: int = setting(64, "Validation batch size.", ge=1)
+    log_every: int = setting(10, "Log training metrics every N optimizer steps.", ge=1)
+    keep_checkpoints: int = setting(2, "Checkpoints kept on disk (the newest); 0 = all.", ge=0)
+    resume: bool = setting(False, "Continue the run in --out from its latest checkpoint (same settings), exactly.")
+    workers: int = setting(2, "Loader threads.", ge=0)
+    loader_mode: Literal[MODES] = setting("threads", "How the loader gathers batches.")  # type: ignore[valid-type]
+    live: bool = setting(True, "Rich live view on a terminal.")
+    tensorboard: bool = setting(False, "Also log to RUN_DIR/tensorboard (if the package is installed).")
+    plots: bool = setting(True, "Draw loss and accuracy plots into RUN_DIR/plots/ at the end.")
 
-    def validate(self) -> None:
-        """Reject contradictory or impossible settings with a message naming the field.
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"must be two numbers in [0, 1), got {list(betas)}")
+        return betas
 
-        Types are checked first, so a config built in Python with a wrong type gets the same
-        one-line message as a config file instead of a `TypeError` from a comparison below.
-        """
-        check_types(type(self), {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, "config")
-        if not self.cache:
-            raise VlpipeError("config: 'cache' (the cache directory) is required")
-        if not self.out:
-            raise VlpipeError("config: 'out' (the run directory) is required")
-        if (self.steps is None) == (self.epochs is None):
-            raise VlpipeError("config: give exactly one of 'steps' or 'epochs'")
-        if self.steps is not None and self.steps < 1:
-            raise VlpipeError(f"config: steps must be >= 1, got {self.steps}")
-        if self.epochs is not None and self.epochs <= 0:
-            raise VlpipeError(f"config: epochs must be > 0, got {self.epochs}")
-        unknown = [t for t in self.tasks if t not in TASKS]
-        if unknown or not self.tasks:
-            raise VlpipeError(f"config: tasks must be a non-empty subset of {','.join(TASKS)}, got {self.tasks}")
-        for name in ("batch_size", "grad_accum", "eval_batch_size", "log_every"):
-            if getattr(self, name) < 1:
-                raise VlpipeError(f"config: {name} must be >= 1, got {getattr(self, name)}")
-        for name in ("mlm_prob", "mim_prob"):
-            if not 0 < getattr(self, name) < 1:
-                raise VlpipeError(f"config: {name} must be in (0, 1), got {getattr(self, name)}")
-        if not 0 <= self.ema_decay < 1:
-            raise VlpipeError(f"config: ema_decay must be in [0, 1), got {self.ema_decay}")
-        for name in ("mim_tau", "lr"):
-            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
-                raise VlpipeError(f"config: {name} must be a finite number > 0, got {getattr(self, name)}")
-        unknown = sorted(set(self.task_weights) - set(TASKS))
+    @field_validator("device")
+    @classmethod
+    def _device(cls, spec: str) -> str:
+        check_device(spec)
+        return spec
+
+    @field_validator("model_overrides")
+    @classmethod
+    def _model_keys(cls, overrides: dict[str, Any]) -> dict[str, Any]:
+        check_override_keys(overrides)
+        return overrides
+
+
+def redefault(name: str, value: Any) -> Any:
+    """A `RunSettings` setting with another default (fine-tuning trains on smaller data)."""
+    info: FieldInfo = copy.copy(RunSettings.model_fields[name])
+    info.default = value
+    return info
+
+
+class PretrainConfig(RunSettings):
+    """Everything a pretraining run depends on. See docs/training.md for the meaning of each setting."""
+
+    replaces = (("steps", "epochs"), ("epochs", "steps"))
+
+    tasks: tuple[Literal["mlm", "ap", "mim"], ...] = setting(
+        TASKS, "Tasks: mlm (masked words), ap (alignment prediction), mim (contrastive masked patches).",
+        min_length=1, fixed=True)
+    task_weights: dict[str, float] = setting(factory=lambda: dict.fromkeys(TASKS, 1.0),
+                                             help="Loss weight per task, e.g. mim=0.5.", fixed=True)
+    mlm_prob: float = setting(0.15, "Share of real tokens masked for MLM.", gt=0, lt=1, fixed=True)
+    mim_prob: float = setting(0.15, "Share of patches masked for MIM.", gt=0, lt=1, fixed=True)
+    mim_tau: float = setting(0.1, "InfoNCE temperature of MIM.", gt=0, allow_inf_nan=False, fixed=True)
+    ema_decay: float = setting(0.996, "EMA teacher momentum per optimizer step.", ge=0, lt=1, fixed=True)
+    steps: int | None = setting(None, "Optimizer steps to train (exclusive with --epochs).", ge=1, fixed=True)
+    epochs: float | None = setting(None, "Epochs over the train split, fractions allowed (exclusive with --steps).",
+                                   gt=0, allow_inf_nan=False, fixed=True)
+    seed: int = setting(0, "Seeds the weights' initialisation, the data order and the training masks.", fixed=True)
+    eval_seed: int = setting(1234, "Fixes the validation masks and negatives.", fixed=True)
+    eval_every: int = setting(0, "Evaluate every N optimizer steps; 0 = only at the end.", ge=0)
+    eval_max_batches: int = setting(0, "Validation batches per evaluation; 0 = the whole val split.", ge=0)
+    ckpt_every: int = setting(0, "Checkpoint every N optimizer steps; 0 = only at the end.", ge=0)
+    text_init: str | None = setting(None, "Initialise the text stream from BERT weights (a file/folder, or minilm, "
+                                    "which needs the cache built with --tokenizer bert-uncased).",
+                                    metavar="PATH|minilm")
+    vision_init: str | None = setting(None, "Initialise the image stream from a timm/open_clip ViT.",
+                                      metavar="PATH")
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _comma_list(cls, tasks: Any) -> Any:
+        """A config file may write the tasks as on the command line: "mlm,ap"."""
+        return tuple(t.strip() for t in tasks.split(",") if t.strip()) if isinstance(tasks, str) else tasks
+
+    @field_validator("task_weights")
+    @classmethod
+    def _task_weights(cls, weights: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(weights) - set(TASKS))
         if unknown:
-            raise VlpipeError(f"config: task_weights has unknown task(s) {', '.join(unknown)}; "
-                              f"tasks are {', '.join(TASKS)}")
-        for task, weight in self.task_weights.items():
-            if not (math.isfinite(weight) and weight >= 0):
-                raise VlpipeError(f"config: task_weights {task} must be a number >= 0, got {weight}")
-        for name in ("eval_every", "eval_max_batches", "ckpt_every"):
-            if getattr(self, name) < 0:
-                raise VlpipeError(f"config: {name} must be >= 0 (0 = {ZERO_MEANS[name]}), got {getattr(self, name)}")
-        check_common(self)
+            raise ValueError(f"unknown task(s) {', '.join(unknown)}; tasks are {', '.join(TASKS)}")
+        bad = {t: w for t, w in weights.items() if not (w >= 0 and w != float("inf"))}
+        if bad:
+            raise ValueError(f"must be numbers >= 0, got {bad}")
+        return weights
+
+    @model_validator(mode="after")
+    def _length(self) -> PretrainConfig:
+        if (self.steps is None) == (self.epochs is None):
+            raise ValueError("give exactly one of 'steps' or 'epochs'")
+        return self
 
     def weights(self) -> dict[str, float]:
         """Loss weight of each enabled task (missing weights default to 1)."""
         return {t: float(self.task_weights.get(t, 1.0)) for t in self.tasks}
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
+class FinetuneConfig(RunSettings):
+    """Everything a fine-tuning run depends on (saved in each seed's config.json)."""
+
+    out: str = setting(help="Run directory: one seed-S/ sub-run per seed and summary.json (mean ± std over "
+                            "seeds).", min_length=1)
+    init: str | None = setting(None, "Start from a `vlpipe train pretrain` run's latest checkpoint (every shared "
+                               "weight; the pretraining heads are dropped, the classifier starts fresh) and use its "
+                               "model config; none = from scratch.", metavar="PRETRAIN_RUN|none", fixed=True)
+    task: Literal["binary", "multiclass", "multilabel"] | None = setting(
+        None, "Loss and metrics.", shown_default="the cache manifest's labels.task", fixed=True)
+    fusion: Literal["product", "concat"] = setting(
+        "product", "How the head joins pooled text and image: product (ViLBERT) or concatenation.", fixed=True)
+    metric: str | None = setting(None, "Validation metric for early stopping and the best checkpoint: auroc or "
+                                 "accuracy (binary), top1/top5 (multiclass), macro_f1_tuned/micro_f1_tuned/"
+                                 "macro_f1 (multilabel).", shown_default="auroc / top1 / macro_f1_tuned", fixed=True)
+    epochs: int = setting(10, "Maximum epochs over the train split.", ge=1, fixed=True)
+    patience: int = setting(3, "Stop after this many epochs without a better validation metric; 0 = never.",
+                            ge=0, fixed=True)
+    seeds: tuple[int, ...] = setting((0,), "Seeds, one sub-run each: --seed 0 --seed 1 or --seed 0,1,2.",
+                                     flag="--seed", metavar="S[,S...]", min_length=1)
+    class_weighted: bool = setting(False, "Weight the loss by the train split's label counts (imbalanced data).",
+                                   fixed=True)
+    head_dropout: float = setting(0.1, "Dropout in the classifier head.", ge=0, lt=1, fixed=True)
+    batch_size: int = redefault("batch_size", 32)
+    min_lr_ratio: float = redefault("min_lr_ratio", 0.0)
+    warmup: float = redefault("warmup", 0.1)
+    keep_checkpoints: int = redefault("keep_checkpoints", 1)
+
+    @field_validator("seeds")
     @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "config") -> PretrainConfig:
-        """Build from plain values, rejecting unknown keys (a typo must not be silently ignored)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise VlpipeError(f"{source}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-        values = dict(values)
-        if isinstance(values.get("tasks"), str):
-            values["tasks"] = tuple(t.strip() for t in values["tasks"].split(",") if t.strip())
-        check_types(cls, values, source)
-        for name in ("tasks", "betas"):
-            if name in values:
-                values[name] = tuple(values[name])
-        return cls(**values)
+    def _distinct(cls, seeds: tuple[int, ...]) -> tuple[int, ...]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"must be distinct, got {list(seeds)}")
+        return seeds
 
-
-# What 0 means for the settings where 0 is allowed as "off" (quoted in their error messages).
-ZERO_MEANS = {"eval_every": "only at the end", "eval_max_batches": "the whole val split",
-              "ckpt_every": "only at the end"}
-DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
-
-
-class _OptimConfig(typing.Protocol):
-    """The settings pretraining and fine-tuning share and validate the same way."""
-
-    lr: float
-    min_lr_ratio: float
-    warmup: float
-    weight_decay: float
-    betas: tuple[float, float]
-    grad_clip: float
-    precision: str
-    device: str
-    keep_checkpoints: int
-    workers: int
-    loader_mode: str
-
-
-def check_common(config: _OptimConfig) -> None:
-    """Range checks shared by `PretrainConfig` and `FinetuneConfig` (optimizer, schedule, device, loader).
-
-    Each of these would otherwise be accepted and either misbehave silently (a negative warmup or
-    clip norm) or fail deep inside torch with a message that does not name the setting.
-    """
-    if not 0 <= config.min_lr_ratio <= 1:
-        raise VlpipeError(f"config: min_lr_ratio must be in [0, 1], got {config.min_lr_ratio}")
-    for name in ("warmup", "weight_decay", "grad_clip"):
-        value = getattr(config, name)
-        if not (math.isfinite(value) and value >= 0):
-            raise VlpipeError(f"config: {name} must be >= 0, got {value}")
-    if len(config.betas) != 2 or not all(0 <= b < 1 for b in config.betas):
-        raise VlpipeError(f"config: betas must be two numbers in [0, 1), got {list(config.betas)}")
-    if config.precision not in ("auto", "bf16", "fp32"):
-        raise VlpipeError(f"config: precision must be auto, bf16 or fp32, got {config.precision!r}")
-    check_device(config.device)
-    for name in ("keep_checkpoints", "workers"):
-        if getattr(config, name) < 0:
-            raise VlpipeError(f"config: {name} must be >= 0, got {getattr(config, name)}")
-    if config.loader_mode not in MODES:
-        raise VlpipeError(f"config: loader_mode must be one of {', '.join(MODES)}, got {config.loader_mode!r}")
+    @field_validator("init", mode="before")
+    @classmethod
+    def _none_word(cls, init: Any) -> Any:
+        return None if isinstance(init, str) and init.lower() == "none" else init
 
 
 def check_device(spec: str) -> None:
     """A device spec torch will accept and this machine has, checked before any model is built."""
     if not DEVICE_PATTERN.fullmatch(spec):
-        raise VlpipeError(f"--device {spec}: expected auto, cpu, cuda or cuda:N")
+        raise ValueError("expected auto, cpu, cuda or cuda:N")
     if spec.startswith("cuda"):
         import torch
 
         if not torch.cuda.is_available():
-            raise VlpipeError(f"--device {spec}: CUDA is not available on this machine; use cpu or auto")
+            raise ValueError("CUDA is not available on this machine; use cpu or auto")
         index = int(spec.partition(":")[2] or 0)
         if index >= torch.cuda.device_count():
-            raise VlpipeError(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+            raise ValueError(f"this machine has {torch.cuda.device_count()} CUDA device(s)")
 
 
-def check_types(cls: type, values: dict[str, Any], source: str) -> None:
-    """Check plain values (from JSON/TOML or flags) against `cls`'s dataclass field annotations.
-
-    Config files are typed by whoever wrote them, so `"batch_size": "8"` must be caught here, where
-    the file and the key are known, rather than as a `TypeError` deep in validation or training.
-    Lists are accepted for tuple fields (JSON and TOML have no tuples); an int is accepted where a
-    float is expected, but a bool never counts as a number.
-    """
-    hints = typing.get_type_hints(cls)
-    for name, value in values.items():
-        expected = hints.get(name)
-        if expected is not None and not matches(value, expected):
-            shown = repr(value)
-            if len(shown) > 60:
-                shown = shown[:57] + "..."
-            raise VlpipeError(f"{source}: {name} must be {describe(expected)}, got {shown}")
+def load_config(file: str | None = None, **flags: Any) -> PretrainConfig:
+    """Pretraining settings from a file (or a `[pretrain]` TOML table), then every flag that is not None."""
+    return load_settings(PretrainConfig, file, flags, table="pretrain")
 
 
-def read_config_file(path: str | os.PathLike[str], table: str = "pretrain") -> dict[str, Any]:
-    """Plain values from a `.json` or `.toml` file (a `[pretrain]`/`[table]` TOML table is accepted too)."""
-    path = Path(path)
-    if not path.is_file():
-        raise VlpipeError(f"config file {path} does not exist")
-    try:
-        if path.suffix.lower() == ".toml":
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-            data = data.get(table, data)
-        elif path.suffix.lower() == ".json":
-            data = json.loads(path.read_text(encoding="utf-8"))
-        else:
-            raise VlpipeError(f"config file {path}: use a .json or .toml file")
-    except (ValueError, tomllib.TOMLDecodeError) as exc:
-        raise VlpipeError(f"config file {path} is not valid {path.suffix[1:].upper()}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise VlpipeError(f"config file {path} must contain a table/object of settings")
-    return data
-
-
-def load_config(file: str | os.PathLike[str] | None = None, **overrides: Any) -> PretrainConfig:
-    """File values first, then every override that is not None (so unset CLI flags keep the file's value)."""
-    values = read_config_file(file) if file is not None else {}
-    given = {k: v for k, v in overrides.items() if v is not None}
-    # `--steps` on the command line replaces `epochs` from the file and vice versa.
-    for name, other in (("steps", "epochs"), ("epochs", "steps")):
-        if name in given:
-            values.pop(other, None)
-    values.update(given)
-    config = PretrainConfig.from_dict(values, source=str(file) if file else "config")
-    config.validate()
-    return config
+def load_finetune_config(file: str | None = None, **flags: Any) -> FinetuneConfig:
+    """Fine-tuning settings from a file (or a `[finetune]` TOML table), then every flag that is not None."""
+    return load_settings(FinetuneConfig, file, flags, table="finetune")

@@ -15,8 +15,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from vlpipe.train.metrics import ACCURACY_NAME
-from vlpipe.train.tasks import TASKS
+from vlpipe.train.masking import TASKS
+from vlpipe.train.metrics_log import ACCURACY_NAME
 
 
 def format_stats(record: dict[str, Any]) -> str:
@@ -57,7 +57,12 @@ class LiveView:
         self._progress.update(self._task, completed=step, **fields)
 
     def show_eval(self, step: int, record: dict[str, Any]) -> None:
+        """Pretraining's per-task losses and accuracies as a table; any other metrics on one line."""
         if not self.enabled:
+            return
+        if not any(f"{task}_loss" in record for task in TASKS):
+            self.console.print(f"step {step}: val " + "  ".join(f"{k} {v:.4f}" for k, v in record.items()
+                                                                  if k != "n" and v is not None))
             return
         table = Table(title=f"validation @ step {step}", show_edge=False)
         for name in ("task", "loss", "accuracy"):

@@ -1,50 +1,37 @@
-"""Building what the loop trains: the model sized to the cache, its optimizer, its loader."""
+"""Which model a run trains: the preset sized to the cache, imported weights, a pretraining run's config.
+
+The cache dictates part of the architecture (vocabulary, text length, patch grid, pixel
+statistics); the rest comes from the preset and `--model` overrides, or, for fine-tuning from a
+pretraining run, from that run's own saved model config, which must then fit the cache.
+"""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable
-from typing import Any, Protocol
+import json
+from pathlib import Path
+from typing import Any
 
-import torch
 from torch import nn
 
 from vlpipe.cache.format import Manifest
-from vlpipe.cache.loader import CacheLoader
-from vlpipe.cache.reader import CacheDataset
-from vlpipe.cache.sampler import CacheSampler
 from vlpipe.errors import VlpipeError
 from vlpipe.model import ModelConfig, build_model, make_config
-from vlpipe.train.config import PretrainConfig
+from vlpipe.model.config import apply_overrides
+from vlpipe.train.config import FinetuneConfig, PretrainConfig
 
-
-class OptimSettings(Protocol):
-    """What the optimizer and loader need from a run config (pretraining and fine-tuning alike)."""
-
-    lr: float
-    betas: tuple[float, float]
-    weight_decay: float
-    batch_size: int
-    loader_mode: str
-    workers: int
-
-
-def precision_context(precision: str, device: torch.device) -> tuple[Callable[[], Any], str]:
-    """The autocast context factory for `precision` (auto: bf16 on GPU, fp32 on CPU) and its name."""
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)), "bf16"
-    return contextlib.nullcontext, "fp32"
+# The model options a pretraining run must share with the cache it is fine-tuned on.
+GEOMETRY_KEYS = ("text.vocab_size", "text.max_len", "vision.image_size", "vision.patch_size")
 
 
 def cache_geometry(manifest: Manifest) -> dict[str, Any]:
-    """Model settings dictated by the cache: vocabulary, sequence length, patch grid, pixel statistics."""
+    """Model options dictated by the cache: vocabulary, sequence length, patch grid, pixel statistics."""
     return {
-        "vocab_size": manifest.text.vocab_size,
-        "max_len": manifest.text.max_len,
-        "image_size": manifest.image.image_size,
-        "patch_size": manifest.image.patch_size,
-        "pixel_mean": tuple(manifest.image.mean),
-        "pixel_std": tuple(manifest.image.std),
+        "text.vocab_size": manifest.text.vocab_size,
+        "text.max_len": manifest.text.max_len,
+        "vision.image_size": manifest.image.image_size,
+        "vision.patch_size": manifest.image.patch_size,
+        "vision.pixel_mean": tuple(manifest.image.mean),
+        "vision.pixel_std": tuple(manifest.image.std),
     }
 
 
@@ -53,15 +40,15 @@ def model_config_for(config: PretrainConfig, manifest: Manifest) -> ModelConfig:
     from vlpipe.model.importers import text_init, vision_init
 
     geometry = cache_geometry(manifest)
-    cfg = make_config(config.preset, **{**config.model_overrides, **geometry})
+    cfg = make_config(config.preset, {**config.model_overrides, **geometry})
     if config.text_init:
         cfg = text_init(cfg, config.text_init)
     if config.vision_init:
         cfg = vision_init(cfg, config.vision_init)
-        if cfg.vision.patch_size != geometry["patch_size"]:
+        if cfg.vision.patch_size != geometry["vision.patch_size"]:
             raise VlpipeError(
                 f"{config.vision_init} has {cfg.vision.patch_size}px patches but the cache {config.cache} "
-                f"has {geometry['patch_size']}px; rebuild the cache with --patch-size {cfg.vision.patch_size}"
+                f"has {geometry['vision.patch_size']}px; rebuild the cache with --patch-size {cfg.vision.patch_size}"
             )
     return cfg
 
@@ -78,21 +65,26 @@ def build_pretrain_model(config: PretrainConfig, manifest: Manifest) -> nn.Modul
     return model
 
 
-def make_optimizer(model: nn.Module, config: OptimSettings, device: torch.device) -> torch.optim.AdamW:
-    """AdamW without weight decay on biases, norms and other 1-d tensors (as BERT and ViT do).
-
-    The fused CUDA kernel updates all parameters in a few launches instead of several per tensor.
-    """
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (decay if param.ndim >= 2 else no_decay).append(param)
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas), fused=device.type == "cuda")
-
-
-def make_loader(dataset: CacheDataset, sampler: CacheSampler, config: OptimSettings,
-                device: torch.device) -> CacheLoader:
-    """Ring-buffer loader; pinned memory on GPU so host-to-device copies overlap compute."""
-    return CacheLoader(dataset, batch_size=config.batch_size, sampler=sampler, mode=config.loader_mode,
-                       workers=config.workers, pin_memory=device.type == "cuda", drop_last=True)
+def model_config_for_finetune(config: FinetuneConfig, manifest: Manifest, checkpoint: Path | None) -> ModelConfig:
+    """From scratch: the preset sized to the cache. From a pretraining `checkpoint`: that run's own model
+    config, whose geometry must match the cache (same tokenizer vocabulary, text length, image and patch size)."""
+    geometry = cache_geometry(manifest)
+    if checkpoint is None:
+        return make_config(config.preset, {**config.model_overrides, **geometry})
+    try:
+        saved = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))["model"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise VlpipeError(f"{checkpoint}/config.json has no model config ({exc})") from exc
+    if not isinstance(saved, dict):
+        raise VlpipeError(f"{checkpoint}/config.json: 'model' must be an object, got {type(saved).__name__}")
+    try:
+        cfg = ModelConfig.from_dict(saved)
+    except VlpipeError as exc:
+        raise VlpipeError(f"{checkpoint}/config.json: {exc}") from None
+    have = {"text.vocab_size": cfg.text.vocab_size, "text.max_len": cfg.text.max_len,
+            "vision.image_size": cfg.vision.image_size, "vision.patch_size": cfg.vision.patch_size}
+    wrong = [f"{k} {have[k]} vs {geometry[k]}" for k in GEOMETRY_KEYS if have[k] != geometry[k]]
+    if wrong:
+        raise VlpipeError(f"--init {config.init} does not fit the cache {config.cache} ({', '.join(wrong)}); "
+                          "build the cache with the pretraining cache's tokenizer and sizes")
+    return apply_overrides(cfg, config.model_overrides)

@@ -12,7 +12,7 @@ import copy
 import torch
 from torch import nn
 
-from vlpipe.train.tasks import ap_loss, mim_infonce, mlm_loss
+from vlpipe.train.masking import ap_loss, mim_infonce, mlm_loss
 
 
 def _gather_tokens(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from vlpipe.errors import VlpipeError
-from vlpipe.train.metrics import ACCURACY_NAME, METRICS_FILE, read_metrics
-from vlpipe.train.tasks import TASKS
+from vlpipe.train.masking import TASKS
+from vlpipe.train.metrics_log import ACCURACY_NAME, METRICS_FILE, read_metrics
 from vlpipe.utils.atomic import atomic_path
 
 PLOTS_DIR = "plots"

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from vlpipe.errors import VlpipeError
-from vlpipe.train.metrics import Accumulator, MetricsWriter, read_metrics
+from vlpipe.train.metrics_log import Accumulator, MetricsWriter, read_metrics
 
 
 def _step(loss, correct, count):

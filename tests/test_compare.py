@@ -9,7 +9,7 @@ import pytest
 
 from vlpipe.cli.main import main
 from vlpipe.errors import VlpipeError
-from vlpipe.train.report import build_report
+from vlpipe.train.compare import build_report
 
 
 def _summary(run: Path, **changes) -> Path:

@@ -7,6 +7,7 @@ GPU is not synchronized every step just to print a number.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 from vlpipe.errors import VlpipeError
-from vlpipe.train.tasks import TASKS
+from vlpipe.train.masking import TASKS
 
 METRICS_FILE = "metrics.jsonl"
 ACCURACY_NAME = {"mlm": "mlm_acc", "ap": "ap_acc", "mim": "mim_top1"}
@@ -101,6 +102,11 @@ class MetricsWriter:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+def json_number(value: float) -> float | None:
+    """JSON has no NaN: an undefined metric (e.g. AUROC of a one-class split) is stored as null."""
+    return value if math.isfinite(value) else None
 
 
 def _tensorboard_writer(log_dir: Path) -> Any:

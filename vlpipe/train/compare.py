@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from vlpipe.errors import VlpipeError, shown
+from vlpipe.train.metrics_log import json_number
 from vlpipe.utils.atomic import atomic_open, atomic_path
 
 SUMMARY_FILE = "summary.json"
@@ -46,11 +47,6 @@ def summarize(results: dict[int, dict[str, Any]], **settings: Any) -> dict[str, 
 
 def _nan(value: float | None) -> float:
     return float("nan") if value is None else float(value)
-
-
-def json_number(value: float) -> float | None:
-    """JSON has no NaN: an undefined metric (e.g. AUROC of a one-class split) is stored as null."""
-    return value if math.isfinite(value) else None
 
 
 @dataclass

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from vlpipe.train.tasks import (
+from vlpipe.train.masking import (
     EVAL_STREAM,
     TaskSettings,
     TextSpecials,
