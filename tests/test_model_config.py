@@ -8,6 +8,7 @@ import pytest
 
 from vlpipe.errors import VlpipeError
 from vlpipe.model import PRESETS, ModelConfig, make_config
+from vlpipe.model.config import check_override_keys, every_dropout
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))
@@ -17,10 +18,11 @@ def test_presets_validate_and_roundtrip_through_json(preset):
     assert again == cfg  # lists from JSON come back as tuples
 
 
-def test_override_forms_are_routed():
-    cfg = make_config("tiny", vocab_size=777, max_len=20, image_size=48, patch_size=16, pixel_mean=[0.1, 0.2, 0.3],
-                      text_layers=3, vision={"heads": 4}, coattn_hidden=32, heads_align="concat", mim_dim=8,
-                      dropout=0.0, grad_checkpointing=True)
+def test_dotted_overrides_reach_their_section():
+    cfg = make_config("tiny", {"text.vocab_size": 777, "text.max_len": 20, "vision.image_size": 48,
+                               "vision.patch_size": 16, "vision.pixel_mean": [0.1, 0.2, 0.3], "text.layers": 3,
+                               "vision.heads": 4, "coattn.hidden": 32, "heads.align": "concat", "heads.mim_dim": 8,
+                               **every_dropout(0.0, ("dropout",)), "grad_checkpointing": True})
     assert (cfg.text.vocab_size, cfg.text.max_len, cfg.text.layers) == (777, 20, 3)
     assert (cfg.vision.image_size, cfg.vision.patch_size, cfg.vision.heads) == (48, 16, 4)
     assert cfg.vision.pixel_mean == (0.1, 0.2, 0.3) and cfg.vision.num_patches == 9 and cfg.vision.patch_dim == 768
@@ -31,13 +33,26 @@ def test_override_forms_are_routed():
 
 
 @pytest.mark.parametrize("bad, message", [
-    ({"layers": 3}, "section prefix"),
-    ({"vision_depth": 3}, "vision.depth"),
-    ({"coattn_text_layers": (5,)}, "within 0..2"),
-    ({"coattn_image_layers": (1, 2)}, "same length"),
-    ({"text_heads": 5}, "divisible"),
-    ({"vision_act": "relu"}, "act"),
+    ({"layers": 3}, "options are dotted"),
+    ({"vision.depth": 3}, "unknown model option vision.depth; valid: vision.image_size"),
+    ({"text_layers": 3}, "write it as text.layers"),
+    ({"vocab_size": 3}, "write it as text.vocab_size"),
+    ({"dropout": 0.0}, "set each section's own: vision.dropout, text.dropout, coattn.dropout, heads.dropout"),
+    ({"coattn.text_layers": (5,)}, "within 0..2"),
+    ({"coattn.image_layers": (1, 2)}, "same length"),
+    ({"text.heads": 5}, "divisible"),
+    ({"vision.act": "relu"}, "vision.act must be one of gelu, gelu_tanh or quick_gelu"),
+    ({"text.heads": 0}, "text.heads must be >= 1, got 0"),
+    ({"vision.dropout": 1.0}, "vision.dropout must be < 1, got 1.0"),
+    ({"vision.pixel_mean": [0.5, 0.5]}, "vision.pixel_mean must be a list of 3 numbers"),
 ])
 def test_bad_configs_name_the_problem(bad, message):
     with pytest.raises(VlpipeError, match=message):
-        make_config("tiny", **bad)
+        make_config("tiny", bad)
+
+
+def test_override_keys_are_checked_on_their_own_before_a_model_is_built():
+    """`--model` values are checked when the settings are read, naming the option, not at build time."""
+    check_override_keys({"text.layers": 4, "coattn.text_layers": [1, 2]})
+    with pytest.raises(ValueError, match="text.layers must be an integer, got 'x'"):
+        check_override_keys({"text.layers": "x"})

@@ -190,8 +190,10 @@ def test_existing_output_rules(tmp_path):
 
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"image_size": 30}, "must be a positive multiple of --patch-size"),
-    ({"max_len": 1}, "--max-len 1 must be at least 2"),
-    ({"val_fraction": 1.5}, "--val-fraction 1.5"),
+    ({"max_len": 1}, "config: max_len must be >= 2, got 1"),
+    ({"max_len": 70000}, "config: max_len must be <= 65535, got 70000"),
+    ({"val_fraction": 1.5}, "config: val_fraction must be <= 1, got 1.5"),
+    ({"image_colum": "x"}, "config: unknown setting 'image_colum'"),
     ({"tokenizer": "nonsense-spec"}, "nonsense-spec"),
 ])
 def test_bad_options_are_one_line_errors(tmp_path, kwargs, message):
@@ -268,13 +270,30 @@ def test_bad_tokenizer_does_not_clear_an_existing_cache_with_overwrite(tmp_path)
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    ({"processes": 0}, "--processes 0 must be at least 1"),
-    ({"processes": -3}, "--processes -3 must be at least 1"),
-    ({"patch_size": -16}, "--patch-size -16 must be at least 1"),
-    ({"patch_size": 0}, "--patch-size 0 must be at least 1"),
+    ({"processes": 0}, "config: processes must be >= 1, got 0"),
+    ({"processes": -3}, "config: processes must be >= 1, got -3"),
+    ({"patch_size": -16}, "config: patch_size must be >= 1, got -16"),
+    ({"patch_size": 0}, "config: patch_size must be >= 1, got 0"),
 ])
-def test_bad_process_and_patch_counts_name_their_option(tmp_path, kwargs, message):
+def test_bad_process_and_patch_counts_name_their_setting(tmp_path, kwargs, message):
     src = cachegen.write_layout(tmp_path / "src", "files", [cachegen.photo_items(2)])
     with pytest.raises(VlpipeError, match=message):
         build_cache(src, tmp_path / "cache", **{"processes": 1, **OPTS, **kwargs})
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--processes", "0"], "error: --processes 0: must be >= 1"),
+    (["--patch-size", "0"], "error: --patch-size 0: must be >= 1"),
+    (["--image-size", "30", "--patch-size", "8"], "error: --image-size 30 must be a positive multiple of --patch-size 8"),
+    (["--max-len", "1"], "error: --max-len 1: must be >= 2"),
+])
+def test_bad_flags_are_named_as_typed(tmp_path, capsys, flags, message):
+    from vlpipe.cli.main import main
+
+    src = cachegen.write_layout(tmp_path / "src", "files", [cachegen.photo_items(2)])
+    with pytest.raises(SystemExit) as exc:
+        main(["build-cache", str(src), "--out", str(tmp_path / "cache"), *flags])
+    err = capsys.readouterr().err
+    assert exc.value.code == 1 and err.strip() == message or err.startswith(message), err
     assert not (tmp_path / "cache").exists()

@@ -51,15 +51,17 @@ def validating() -> Iterator[None]:
 
 def setting(default: Any = ..., help: str = "", *, factory: Callable[[], Any] | None = None,
             flag: str | None = None, metavar: str | None = None, shown_default: str | None = None,
-            fixed: bool = False, **constraints: Any) -> Any:
+            fixed: bool = False, negatable: bool = True, **constraints: Any) -> Any:
     """Declare one setting: its default, its help (one sentence or two: what it does and why) and its
     allowed range as pydantic constraints (`ge=1`, `gt=0`, `allow_inf_nan=False`, ...).
 
     `flag` overrides the flag name (default `--field-name`); `shown_default` replaces the default in
     the help where the value itself says little (`None` meaning "the cache's own"); `fixed` marks a
-    setting that decides what a run trains, so a resumed run must keep it.
+    setting that decides what a run trains, so a resumed run must keep it; `negatable=False` makes a
+    true/false setting a plain switch (`--resume`) instead of a `--x/--no-x` pair.
     """
-    extra = {"flag": flag, "metavar": metavar, "shown_default": shown_default, "fixed": fixed}
+    extra = {"flag": flag, "metavar": metavar, "shown_default": shown_default, "fixed": fixed,
+             "negatable": negatable}
     if factory is not None:
         return Field(default_factory=factory, description=help, json_schema_extra=extra, **constraints)
     return Field(default, description=help, json_schema_extra=extra, **constraints)
@@ -96,14 +98,17 @@ class Settings(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _lists_to_tuples(cls, values: Any) -> Any:
-        """JSON and TOML have no tuples: a list given for a tuple setting is taken as one."""
+    def _plain_values(cls, values: Any) -> Any:
+        """JSON and TOML have no tuples: a list given for a tuple setting is taken as one; a path
+        given in Python (`Path`) for a text setting is taken as its text."""
         if not isinstance(values, dict):
             return values
         out = dict(values)
         for name, info in cls.model_fields.items():
             if isinstance(out.get(name), list) and _is_tuple(info.annotation):
                 out[name] = tuple(out[name])
+            elif isinstance(out.get(name), os.PathLike):
+                out[name] = os.fspath(out[name])
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -235,6 +240,8 @@ def explain(exc: ValidationError, cls: type[Settings], source: str, flags: Mappi
     """
     error = exc.errors()[0]
     name, info, inside = _field_at(cls, tuple(error["loc"]))
+    if info is not None and _section_class(info.annotation) and not inside:
+        name, info = "", None  # a check across a section's settings: its message names them
     if dotted and name:
         name = ".".join(str(part) for part in error["loc"] if isinstance(part, str))
     if name:
@@ -252,8 +259,8 @@ def explain(exc: ValidationError, cls: type[Settings], source: str, flags: Mappi
         return f"{source}: unknown setting {name or error['loc'][-1]!r}; known: {known}"
     if error["type"] == "missing":
         return f"{source}: {name!r} is required ({_help_of(info)})" if info else f"{source}: {problem}"
-    if not name:  # a check across settings (a model validator): its message says it all
-        return f"{source}: {problem}"
+    if not name:  # a check across settings (a model validator): its message names them
+        return f"{source}: {problem}" if flags is None or source != "config" else problem
     if error["type"] in ("value_error", "assertion_error"):  # a check of our own: its message says it all
         return f"{source}: {name}: {problem}"
     return f"{source}: {name} {problem}, got {_shown(value)}"
@@ -396,7 +403,7 @@ def _option(name: str, info: FieldInfo) -> Callable[[Callable[..., Any]], Callab
     if extra.get("metavar"):
         kwargs["metavar"] = extra["metavar"]
     if annotation is bool:
-        if name == "resume" or extra.get("flag"):
+        if not extra.get("negatable", True):
             return click.option(flag, name, is_flag=True, **kwargs)
         return click.option(f"{flag}/--no-{flag[2:]}", name, **kwargs)
     if typing.get_origin(annotation) is Literal:

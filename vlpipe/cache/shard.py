@@ -19,7 +19,7 @@ import json
 import re
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vlpipe.cache.config import BuildOptions
 from vlpipe.cache.format import (
     DONE_FILE,
     LABELS_FILE,
@@ -40,7 +41,7 @@ from vlpipe.cache.format import (
     split_of,
     token_dtype,
 )
-from vlpipe.imaging import DEFAULT_MAX_PIXELS, ImageError, load_rgb, patchify, resize_center_crop
+from vlpipe.imaging import ImageError, load_rgb, patchify, resize_center_crop
 from vlpipe.ingest import Skip, SourceShard, iter_samples
 from vlpipe.text import TextTokenizer
 from vlpipe.utils.atomic import atomic_path, sha256_file, write_json_atomic
@@ -53,32 +54,6 @@ SKIP_FIELDS = ("key", "source", "reason", "detail")
 # PIL names the in-memory file with its address; drop it so rebuilds write identical skip records.
 _ADDRESS = re.compile(r"<_io\.BytesIO object at 0x[0-9a-f]+>")
 PROGRESS_EVERY = 16  # images between progress reports: often enough for a smooth images/s
-
-
-@dataclass(frozen=True)
-class BuildOptions:
-    """Everything that changes the bytes of a cache; recorded in the manifest's provenance."""
-
-    image_size: int = 224
-    patch_size: int = 16
-    max_len: int = 64
-    tokenizer: str = "wordpiece:8000"
-    val_fraction: float = 0.05
-    shard_size: int = 1000
-    image_column: str | None = None
-    caption_column: str | None = None
-    # JPEGs are DCT-downscaled while decoding to no less than 2x the target size before the
-    # antialiased resize: 3-4x faster on large photos, within ~0.3 grey levels of a full decode.
-    jpeg_draft: bool = True
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    # Labelled downstream datasets: see vlpipe/ingest/.
-    format: str = "auto"
-    label_column: str | None = None
-    multi_label: bool = False
-    split_column: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)

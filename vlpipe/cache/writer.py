@@ -30,6 +30,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from vlpipe import __version__
+from vlpipe.cache.config import BuildOptions, BuildSettings
 from vlpipe.cache.format import (
     FORMAT_NAME,
     MANIFEST,
@@ -45,9 +46,9 @@ from vlpipe.cache.format import (
     load_manifest,
     shard_name,
 )
-from vlpipe.cache.shard import SKIP_FIELDS, BuildOptions, ShardTask, build_shard, read_done
+from vlpipe.cache.shard import SKIP_FIELDS, ShardTask, build_shard, read_done
 from vlpipe.errors import VlpipeError
-from vlpipe.ingest import FORMATS, Source, iter_captions, open_source
+from vlpipe.ingest import Source, iter_captions, open_source
 from vlpipe.text import TextTokenizer, load_tokenizer
 from vlpipe.text.specs import _wordpiece_size
 from vlpipe.utils.atomic import TMP_PREFIX, atomic_path, sha256_file, write_json_atomic
@@ -55,49 +56,32 @@ from vlpipe.utils.atomic import TMP_PREFIX, atomic_path, sha256_file, write_json
 # Written when a build starts; lets a rerun check it resumes the same build (same source, options).
 BUILD_RECORD = "build.json"
 BUILD_FORMAT = "vlpipe-cache-build"
-DEFAULT_TOKENIZER = "wordpiece:8000"
 
 
 def build_cache(
     src: str | os.PathLike[str],
     out: str | os.PathLike[str],
     *,
-    image_size: int = 224,
-    patch_size: int = 16,
-    max_len: int = 64,
-    tokenizer: str = DEFAULT_TOKENIZER,
-    val_fraction: float = 0.05,
-    shard_size: int = 1000,
-    image_column: str | None = None,
-    caption_column: str | None = None,
-    jpeg_draft: bool = True,
-    format: str = "auto",
-    label_column: str | None = None,
-    multi_label: bool = False,
-    split_column: str | None = None,
     processes: int | None = None,
     overwrite: bool = False,
     quiet: bool = False,
+    **values: Any,
 ) -> Manifest:
     """Build (or resume, or confirm) the cache of `src` in `out`; returns its manifest.
 
-    `format` "auto" reads img2dataset output or a captions file, unless `src` is laid out as one
-    of the labelled downstream datasets or `label_column` is given (vlpipe/ingest/ reads them all).
+    `values` are `BuildOptions` settings (vlpipe/cache/config.py): `image_size=`, `tokenizer=`,
+    `format=`, ... `format` "auto" reads img2dataset output or a captions file, unless `src` is laid
+    out as one of the labelled downstream datasets or `label_column` is given (vlpipe/ingest/).
     """
-    options = BuildOptions(image_size=image_size, patch_size=patch_size, max_len=max_len, tokenizer=tokenizer,
-                           val_fraction=val_fraction, shard_size=shard_size, image_column=image_column,
-                           caption_column=caption_column, jpeg_draft=jpeg_draft, format=format,
-                           label_column=label_column, multi_label=multi_label, split_column=split_column)
-    _check_options(options)
-    if processes is not None and processes < 1:
-        raise VlpipeError(f"--processes {processes} must be at least 1")
+    options = BuildOptions(**values)
+    BuildSettings(processes=processes, overwrite=overwrite)  # the same checks as on the command line
     # Before --out is touched: a bad --tokenizer found only after build.json is written would leave
     # an unfinished build that refuses the corrected command (other options) without --overwrite.
     given = _check_tokenizer(options.tokenizer)
     console = Console(stderr=True, quiet=quiet)
-    source = open_source(src, format=format, shard_size=shard_size, image_column=image_column,
-                         caption_column=caption_column, label_column=label_column, multi_label=multi_label,
-                         split_column=split_column)
+    source = open_source(src, format=options.format, shard_size=options.shard_size, image_column=options.image_column,
+                         caption_column=options.caption_column, label_column=options.label_column,
+                         multi_label=options.multi_label, split_column=options.split_column)
     out = Path(out).expanduser().resolve()
     record = {"format": BUILD_FORMAT, "source": str(source.root), "source_format": source.layout,
               "options": options.to_dict()}
@@ -133,23 +117,6 @@ def build_cache(
     (out / BUILD_RECORD).unlink(missing_ok=True)
     _print_summary(console, out, manifest, time.perf_counter() - started)
     return manifest
-
-
-def _check_options(o: BuildOptions) -> None:
-    if o.format not in ("auto", *FORMATS):
-        raise VlpipeError(f"--format {o.format!r}: expected auto or one of {', '.join(FORMATS)}")
-    if o.patch_size < 1:
-        raise VlpipeError(f"--patch-size {o.patch_size} must be at least 1")
-    if o.image_size < o.patch_size or o.image_size % o.patch_size:
-        raise VlpipeError(f"--image-size {o.image_size} must be a positive multiple of --patch-size {o.patch_size}")
-    if o.max_len < 2:
-        raise VlpipeError(f"--max-len {o.max_len} must be at least 2 (room for [CLS] and [SEP])")
-    if o.max_len > 65535:
-        raise VlpipeError(f"--max-len {o.max_len} does not fit lengths.npy (uint16)")
-    if not 0.0 <= o.val_fraction <= 1.0:
-        raise VlpipeError(f"--val-fraction {o.val_fraction} must be between 0 and 1")
-    if o.shard_size < 1:
-        raise VlpipeError(f"--shard-size {o.shard_size} must be at least 1")
 
 
 def _prepare_output(out: Path, record: dict[str, Any], overwrite: bool) -> Manifest | None:

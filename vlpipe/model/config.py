@@ -172,21 +172,26 @@ def check_override_keys(overrides: Mapping[str, Any]) -> None:
     Raises ValueError (settings validation turns it into a one-line error naming the flag or file).
     """
     for key, value in overrides.items():
+        problem = _key_problem(key)
+        if problem:
+            raise ValueError(problem)
         section, dot, name = key.partition(".")
-        if dot and section in SECTIONS:
-            if name not in SECTIONS[section].model_fields:
-                valid = ", ".join(f"{section}.{n}" for n in SECTIONS[section].model_fields)
-                raise ValueError(f"unknown model option {key}; valid: {valid}")
-            checked, values, prefix = SECTIONS[section], {name: value}, f"{section}."
-        elif key == "grad_checkpointing":
-            checked, values, prefix = ModelConfig, {key: value}, ""
-        else:
-            raise ValueError(f"unknown model option {key!r}; {_hint(key)}")
+        checked, values, prefix = (SECTIONS[section], {name: value}, f"{section}.") if dot else (ModelConfig, {key: value}, "")
         try:
             with validating():
                 checked.model_validate(values)
         except ValidationError as exc:
             raise ValueError(explain(exc, checked, "model option", prefix=prefix).removeprefix("model option: ")) from None
+
+
+def _key_problem(key: str) -> str | None:
+    """Why `key` is not a model option (None when it is one)."""
+    section, dot, name = key.partition(".")
+    if dot and section in SECTIONS:
+        if name not in SECTIONS[section].model_fields:
+            return f"unknown model option {key}; valid: " + ", ".join(f"{section}.{n}" for n in SECTIONS[section].model_fields)
+        return None
+    return None if key == "grad_checkpointing" else f"unknown model option {key!r}; {_hint(key)}"
 
 
 def every_dropout(p: float, kinds: tuple[str, ...] = ("dropout", "attn_dropout")) -> dict[str, float]:
@@ -208,9 +213,10 @@ def _hint(key: str) -> str:
 
 def apply_overrides(cfg: ModelConfig, overrides: Mapping[str, Any]) -> ModelConfig:
     """A copy of `cfg` with dotted-key `overrides` applied and the result validated."""
-    unknown = [key for key in overrides if key != "grad_checkpointing" and key.partition(".")[0] not in SECTIONS]
-    if unknown:
-        raise VlpipeError(f"unknown model option {unknown[0]!r}; {_hint(unknown[0])}")
+    for key in overrides:
+        problem = _key_problem(key)
+        if problem:
+            raise VlpipeError(problem)
     values = cfg.model_dump()
     for key, value in overrides.items():
         section, dot, name = key.partition(".")

@@ -55,7 +55,8 @@ class RunSettings(Settings):
     eval_batch_size: int = setting(64, "Validation batch size.", ge=1)
     log_every: int = setting(10, "Log training metrics every N optimizer steps.", ge=1)
     keep_checkpoints: int = setting(2, "Checkpoints kept on disk (the newest); 0 = all.", ge=0)
-    resume: bool = setting(False, "Continue the run in --out from its latest checkpoint (same settings), exactly.")
+    resume: bool = setting(False, "Continue the run in --out from its latest checkpoint (same settings), exactly.",
+                           negatable=False)
     workers: int = setting(2, "Loader threads.", ge=0)
     loader_mode: Literal[MODES] = setting("threads", "How the loader gathers batches.")  # type: ignore[valid-type]
     live: bool = setting(True, "Rich live view on a terminal.")

