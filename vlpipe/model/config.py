@@ -34,7 +34,6 @@ class VisionConfig:
     norm_eps: float = 1e-6  # timm's ViTs; open_clip uses 1e-5 (the importer sets it)
     act: str = "gelu"
     pre_norm: bool = False  # a LayerNorm before the first block (open_clip's ln_pre)
-    proj_dim: int = 0  # > 0: a bias-free projection of the CLS token (open_clip's proj), see ViT.embed
     pixel_mean: tuple[float, float, float] = CLIP_MEAN
     pixel_std: tuple[float, float, float] = CLIP_STD
 
@@ -171,7 +170,7 @@ _EVERYWHERE = ("dropout", "attn_dropout")
 # surfaces as a confusing layer-index or shape error.
 _POSITIVE = ("image_size", "patch_size", "hidden", "heads", "mlp_hidden", "vocab_size", "intermediate",
              "max_len", "type_vocab_size", "text_intermediate", "image_intermediate", "mim_dim")
-_NON_NEGATIVE = ("layers", "proj_dim")
+_NON_NEGATIVE = ("layers",)
 
 
 def _check_ranges(section: str, obj: Any) -> None:
