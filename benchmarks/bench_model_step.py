@@ -96,7 +96,7 @@ def timm_model(args: argparse.Namespace) -> nn.Module:
 def check_base(args: argparse.Namespace, device: torch.device) -> dict:
     """Graph breaks of the whole two-stream model (0 means torch.compile sees one graph)."""
     torch._dynamo.reset()
-    model = build_model(args.preset, **args.base_kw).to(device)
+    model = build_model(args.preset, args.base_kw).to(device)
     cfg = model.config
     b, n = 8 if args.smoke else 32, cfg.vision.num_patches
     images = torch.randint(0, 256, (b, n, cfg.vision.patch_dim), dtype=torch.uint8, device=device)
@@ -142,7 +142,7 @@ def main() -> None:
         args.backend = "aot_eager"  # traces forward and backward without minutes of C++ codegen on CPU
         args.size_kw = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2}
         args.preset = "tiny"
-        args.base_kw = {"image_size": 32, "patch_size": 8}
+        args.base_kw = {"vision.image_size": 32, "vision.patch_size": 8}
     else:
         args.size_kw = {}
         args.base_kw = {}

@@ -11,15 +11,15 @@ import torch
 from safetensors.torch import save_file
 
 from vlpipe.errors import VlpipeError
-from vlpipe.model import build_model
-from vlpipe.model.importers import (
-    hf_text_config,
-    load_tensors,
-    resolve_checkpoint,
-    text_init,
-    vision_init,
-    vit_config,
+from vlpipe.model import (
+    build_model,
+    load_text_weights,
+    load_vision_weights,
+    read_checkpoint,
+    text_config_from,
+    vision_config_from,
 )
+from vlpipe.model.importers import resolve_checkpoint
 from vlpipe.model.vit import ViT
 
 torch.set_num_threads(2)
@@ -53,12 +53,17 @@ def minilm_reference():
     return transformers.BertModel.from_pretrained(folder, attn_implementation="eager").eval()
 
 
-def test_minilm_text_stream_matches_transformers(minilm_reference):
-    cfg = text_init(build_model("tiny", vocab_size=30522, max_len=40).config, "minilm")
+@pytest.fixture(scope="module")
+def minilm():
+    return read_checkpoint("minilm")
+
+
+def test_minilm_text_stream_matches_transformers(minilm_reference, minilm):
+    cfg = text_config_from(minilm, build_model("tiny", {"text.vocab_size": 30522, "text.max_len": 40}).config)
     assert cfg.text.hidden == 384 and cfg.text.layers == 6 and cfg.text.heads == 12 and cfg.text.max_len == 40
     torch.manual_seed(0)
     model = build_model(cfg).eval()
-    assert text_init(model, "minilm") == 5 + 6 * 12 + 2  # embeddings, 6 layers (q/k/v fused into one), pooler
+    assert load_text_weights(model, minilm) == 5 + 6 * 12 + 2  # embeddings, 6 layers (q/k/v fused), pooler
     ids = torch.randint(1000, 30000, (3, 40))
     ids[:, 0] = 101
     mask = torch.ones(3, 40, dtype=torch.bool)
@@ -73,23 +78,22 @@ def test_minilm_text_stream_matches_transformers(minilm_reference):
     torch.testing.assert_close(pooled, ref.pooler_output, atol=1e-4, rtol=0)
 
 
-def test_text_init_checks_vocab_and_shapes():
+def test_text_import_checks_vocab_and_shapes(minilm):
     with pytest.raises(VlpipeError, match="vocabulary"):
-        text_init(build_model("tiny").config, "minilm")
+        text_config_from(minilm, build_model("tiny").config)
     with pytest.raises(VlpipeError, match="build the model"):
-        text_init(build_model("tiny", vocab_size=30522), "minilm")
-    assert hf_text_config("minilm")["hidden"] == 384
+        load_text_weights(build_model("tiny", {"text.vocab_size": 30522}), minilm)
 
 
-def test_text_init_says_where_co_attention_can_go_in_a_shallower_checkpoint():
+def test_text_import_says_where_co_attention_can_go_in_a_shallower_checkpoint(minilm):
     from vlpipe.model.config import apply_overrides, make_config
 
-    base = make_config("base", vocab_size=30522, max_len=64)  # co-attention after text layers 6..11
+    base = make_config("base", {"text.vocab_size": 30522, "text.max_len": 64})  # co-attention after text layers 6..11
     with pytest.raises(VlpipeError, match=r"minilm: the checkpoint has 6 text layers .* \[6, 7, 8, 9, 10, 11\]; "
-                                          r"place it within 0..6: e.g. --model 'coattn_text_layers=\[1,2,3,4,5,6\]'"):
-        text_init(base, "minilm")
+                                          r"place it within 0..6: e.g. --model 'coattn.text_layers=\[1,2,3,4,5,6\]'"):
+        text_config_from(minilm, base)
     moved = apply_overrides(base, {"coattn": {"text_layers": (1, 2, 3, 4, 5, 6)}})  # the suggested fix works
-    assert text_init(moved, "minilm").text.layers == 6
+    assert text_config_from(minilm, moved).text.layers == 6
 
 
 def test_bert_for_pretraining_bin_matches_transformers(tmp_path):
@@ -103,8 +107,9 @@ def test_bert_for_pretraining_bin_matches_transformers(tmp_path):
         p.data.normal_(0, 0.2)
     hf_cfg.to_json_file(tmp_path / "config.json")
     torch.save(ref.state_dict(), tmp_path / "pytorch_model.bin")
-    model = build_model(text_init(build_model("tiny", vocab_size=200, max_len=16).config, tmp_path)).eval()
-    assert text_init(model, tmp_path) == 5 + 2 * 12 + 2 + 5  # embeddings, layers, pooler, MLM transform
+    checkpoint = read_checkpoint(tmp_path)
+    model = build_model(text_config_from(checkpoint, build_model("tiny", {"text.vocab_size": 200, "text.max_len": 16}).config)).eval()
+    assert load_text_weights(model, checkpoint) == 5 + 2 * 12 + 2 + 5  # embeddings, layers, pooler, MLM transform
     ids = torch.randint(0, 200, (2, 16))
     mask = torch.ones(2, 16, dtype=torch.bool)
     mask[1, 5:] = False
@@ -119,9 +124,9 @@ def test_pickled_code_is_refused(tmp_path):
     path = tmp_path / "evil.bin"
     torch.save({"w": torch.zeros(1), "obj": VlpipeError("x")}, path)
     with pytest.raises(VlpipeError, match="weights_only"):
-        load_tensors(path)
+        read_checkpoint(path)
     with pytest.raises(VlpipeError, match="not found"):
-        load_tensors(tmp_path / "missing.safetensors")
+        read_checkpoint(tmp_path / "missing.safetensors")
 
 
 # -------------------------------------------------------------------------------------------- ViT
@@ -140,14 +145,14 @@ def timm_vit(**kw):
 def our_vit(**vision) -> ViT:
     base = {"image_size": 32, "patch_size": 8, "hidden": 192, "layers": 2, "heads": 3, "mlp_hidden": 768,
             "pixel_mean": MEAN, "pixel_std": STD}
-    return build_model("tiny", vision={**base, **vision}).vision.eval()
+    return build_model("tiny", {f"vision.{k}": v for k, v in {**base, **vision}.items()}).vision.eval()
 
 
 def test_timm_vit_matches(tmp_path):
     ref = timm_vit()
     save_file(ref.state_dict(), tmp_path / "model.safetensors")
     vit = our_vit()
-    assert vision_init(vit, tmp_path) == 4 + 2 * 12 + 2
+    assert load_vision_weights(vit, read_checkpoint(tmp_path)) == 4 + 2 * 12 + 2
     img = images(2, 32)
     with torch.no_grad():
         torch.testing.assert_close(vit(to_patches(img, 8)), ref.forward_features(to_normalized_nchw(img)),
@@ -165,7 +170,7 @@ def test_timm_vit_unfused_qkv_and_new_grid(tmp_path):
             sd[k] = v
     save_file(sd, tmp_path / "vit.safetensors")
     vit = our_vit(image_size=48)  # 6 x 6 grid from a 4 x 4 checkpoint: positions interpolated
-    vision_init(vit, tmp_path / "vit.safetensors")
+    load_vision_weights(vit, read_checkpoint(tmp_path / "vit.safetensors"))
     img = images(2, 48)
     with torch.no_grad():
         torch.testing.assert_close(vit(to_patches(img, 8)), ref.forward_features(to_normalized_nchw(img)),
@@ -180,23 +185,69 @@ def test_open_clip_vit_matches(tmp_path):
     for p in ref.parameters():
         p.data.normal_(0, 0.2)
     save_file({"visual." + k: v for k, v in ref.state_dict().items()}, tmp_path / "open_clip_model.safetensors")
-    overrides = vit_config(tmp_path)
-    assert overrides == {"hidden": 128, "heads": 2, "layers": 2, "mlp_hidden": 512, "patch_size": 8,
-                         "pre_norm": True, "proj_dim": 48, "norm_eps": 1e-5}
-    cfg = vision_init(build_model("tiny", image_size=32, pixel_mean=MEAN, pixel_std=STD).config, tmp_path)
+    checkpoint = read_checkpoint(tmp_path)
+    cfg = vision_config_from(checkpoint, build_model("tiny", {"vision.image_size": 32, "vision.pixel_mean": MEAN, "vision.pixel_std": STD}).config)
+    v = cfg.vision
+    assert (v.hidden, v.heads, v.layers, v.mlp_hidden, v.patch_size, v.pre_norm, v.norm_eps) == \
+        (128, 2, 2, 512, 8, True, 1e-5)
     model = build_model(cfg).eval()
-    assert vision_init(model, tmp_path) == 5 + 2 * 12 + 2 + 1 + 2 - 1  # conv has no bias: zeros loaded
+    assert load_vision_weights(model, checkpoint) == 5 + 2 * 12 + 2 + 2 - 1  # conv has no bias: zeros loaded
     img = images(2, 32)
     with torch.no_grad():
         pooled, tokens = ref(to_normalized_nchw(img))
         ours = model.encode_image(to_patches(img, 8))
-        torch.testing.assert_close(ours[:, 1:], tokens, atol=1e-4, rtol=0)
-        torch.testing.assert_close(model.vision.image_embedding(to_patches(img, 8)), pooled, atol=1e-4, rtol=0)
+    torch.testing.assert_close(ours[:, 1:], tokens, atol=1e-4, rtol=0)
+    # CLIP's pooled output is the normalised CLS token through its projection into the joint space.
+    torch.testing.assert_close(ours[:, 0] @ ref.proj, pooled, atol=1e-4, rtol=0)
+
+
+@pytest.fixture(scope="module", params=["ViT-B-16", "ViT-S-16"])
+def full_open_clip(request, tmp_path_factory):
+    """A whole open_clip CLIP model (image and text towers), random weights, saved as its hub files are.
+
+    ViT-B-16's text tower has a narrower MLP than its image tower (2048 vs 3072); ViT-S-16's towers
+    have the same shapes, so taking text-tower tensors for the image stream would load without error.
+    Built for 64 px images (a 4 x 4 grid) to keep the forward passes cheap on 2 cores; every other
+    tensor is the real architecture's.
+    """
+    import open_clip  # a dependency (pyproject): missing must fail, not skip
+    torch.manual_seed(0)
+    model = open_clip.create_model(request.param, pretrained=None, force_image_size=64).eval()
+    folder = tmp_path_factory.mktemp(request.param)
+    state = model.state_dict()
+    keys = list(state)
+    # In open_clip's own order the text tower's blocks come after the image tower's: the case where a
+    # `visual.`-stripped text name would overwrite the image tensor of the same name.
+    assert keys.index("transformer.resblocks.0.mlp.c_fc.weight") > keys.index("visual.transformer.resblocks.0.mlp.c_fc.weight")
+    torch.save(state, folder / "open_clip_pytorch_model.bin")
+    save_file(state, folder / "open_clip_model.safetensors")
+    visual = model.visual
+    visual.output_tokens = True
+    return visual, folder
+
+
+@pytest.mark.parametrize("file", ["open_clip_pytorch_model.bin", "open_clip_model.safetensors"])
+def test_full_open_clip_checkpoint_loads_the_image_tower(full_open_clip, file):
+    visual, folder = full_open_clip
+    checkpoint = read_checkpoint(folder / file)
+    cfg = vision_config_from(checkpoint, build_model("tiny", {"vision.image_size": 64, "vision.patch_size": 16,
+                                                                 "vision.pixel_mean": MEAN, "vision.pixel_std": STD}).config)
+    block = visual.transformer.resblocks[0]
+    assert (cfg.vision.hidden, cfg.vision.layers, cfg.vision.mlp_hidden) == \
+        (visual.transformer.width, len(visual.transformer.resblocks), block.mlp.c_fc.out_features)
+    vit = ViT(cfg.vision).eval()  # the image stream alone: a whole ViLBERT would only add init time
+    assert load_vision_weights(vit, checkpoint) == 4 + 2 + 12 * 12 + 2  # embeddings, ln_pre, blocks, ln_post
+    img = images(2, 64)
+    with torch.no_grad():
+        pooled, tokens = visual(to_normalized_nchw(img))
+        ours = vit(to_patches(img, 16))
+    torch.testing.assert_close(ours[:, 1:], tokens, atol=1e-4, rtol=0)
+    torch.testing.assert_close(ours[:, 0] @ visual.proj, pooled, atol=1e-4, rtol=0)
 
 
 def test_vit_mismatch_is_a_clear_error(tmp_path):
     save_file(timm_vit().state_dict(), tmp_path / "model.safetensors")
     with pytest.raises(VlpipeError, match="build the model"):
-        vision_init(build_model("tiny"), tmp_path)
-    with pytest.raises(VlpipeError, match="not a timm or open_clip"):
-        vision_init(build_model("tiny"), "minilm")
+        load_vision_weights(build_model("tiny"), read_checkpoint(tmp_path))
+    with pytest.raises(VlpipeError, match="minilm: not a timm or open_clip"):
+        load_vision_weights(build_model("tiny"), read_checkpoint("minilm"))

@@ -1,4 +1,4 @@
-"""The text stream and the co-attention layer: padding semantics on both sides."""
+"""The text stream: padding semantics and token-type defaults."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ torch.set_num_threads(2)
 
 def model():
     torch.manual_seed(0)
-    return build_model("tiny", vocab_size=100, max_len=10, image_size=16, patch_size=8).eval()
+    return build_model("tiny", {"text.vocab_size": 100, "text.max_len": 10, "vision.image_size": 16, "vision.patch_size": 8}).eval()
 
 
 def test_text_stream_ignores_padding_content():
@@ -26,25 +26,6 @@ def test_text_stream_ignores_padding_content():
     torch.testing.assert_close(a[1], b[1])
     # Shorter sequences give the same result as padded ones at the real positions.
     torch.testing.assert_close(m.text(ids[:1, :6], mask[:1, :6])[0], a[0, :6], atol=1e-5, rtol=1e-5)
-
-
-def test_coattention_masks_text_padding_for_image_queries():
-    m = model()
-    layer = m.coattn[0]
-    t = torch.randn(2, 10, m.config.text.hidden)
-    v = torch.randn(2, 5, m.config.vision.hidden)
-    mask = torch.ones(2, 10, dtype=torch.bool)
-    mask[:, 4:] = False
-    t2 = t.clone()
-    t2[:, 4:] = torch.randn(2, 6, m.config.text.hidden)
-    ta, va = layer(t, v, mask)
-    tb, vb = layer(t2, v, mask)
-    torch.testing.assert_close(va, vb)
-    torch.testing.assert_close(ta[:, :4], tb[:, :4])
-    # Both directions really attend: changing the image changes the text and vice versa.
-    tc, _ = layer(t, torch.randn_like(v), mask)
-    _, vd = layer(torch.randn_like(t), v, None)
-    assert not torch.allclose(ta, tc) and not torch.allclose(va, vd)
 
 
 def test_token_types_default_to_zero():

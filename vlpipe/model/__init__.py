@@ -17,16 +17,18 @@ from vlpipe.model.config import (
     make_config,
 )
 from vlpipe.model.importers import (
-    hf_text_config,
-    load_tensors,
-    text_init,
-    vision_init,
-    vit_config,
+    Checkpoint,
+    load_text_weights,
+    load_vision_weights,
+    read_checkpoint,
+    text_config_from,
+    vision_config_from,
 )
 from vlpipe.model.vilbert import ModelOutput, ViLBERT, build_model
 
 __all__ = [
     "PRESETS",
+    "Checkpoint",
     "CoAttentionConfig",
     "HeadsConfig",
     "ModelConfig",
@@ -35,10 +37,10 @@ __all__ = [
     "ViLBERT",
     "VisionConfig",
     "build_model",
-    "hf_text_config",
-    "load_tensors",
+    "load_text_weights",
+    "load_vision_weights",
     "make_config",
-    "text_init",
-    "vision_init",
-    "vit_config",
+    "read_checkpoint",
+    "text_config_from",
+    "vision_config_from",
 ]

@@ -21,6 +21,8 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 Activation = Literal["gelu", "gelu_tanh", "quick_gelu"]
+# How a head joins the pooled text and image vectors: ViLBERT's element-wise product, or concatenation.
+FUSIONS = ("product", "concat")
 Dropout = dict(ge=0, lt=1)  # torch's dropout accepts p = 1, which zeroes everything
 
 
@@ -38,7 +40,6 @@ class VisionConfig(Settings):
     norm_eps: float = setting(1e-6, "LayerNorm epsilon (timm's ViTs; open_clip's 1e-5 is set on import).", gt=0)
     act: Activation = setting("gelu", "MLP activation.")
     pre_norm: bool = setting(False, "A LayerNorm before the first block (open_clip's ln_pre).")
-    proj_dim: int = setting(0, "> 0: a bias-free projection of the CLS token (open_clip's proj).", ge=0)
     pixel_mean: tuple[float, float, float] = setting(CLIP_MEAN, "Per-channel mean the model normalizes with.")
     pixel_std: tuple[float, float, float] = setting(CLIP_STD, "Per-channel std the model normalizes with.")
 
@@ -94,7 +95,7 @@ class CoAttentionConfig(Settings):
 class HeadsConfig(Settings):
     """The pretraining heads: MLM (tied), alignment (one logit per pair) and MIM projection."""
 
-    align: Literal["product", "concat"] = setting("product", "How the alignment head joins pooled text and "
+    align: Literal[FUSIONS] = setting("product",  # type: ignore[valid-type] "How the alignment head joins pooled text and "
                                                   "image: ViLBERT's element-wise product, or concatenation.")
     mim_dim: int = setting(256, "Width of the space where masked patches meet their targets.", ge=1)
     dropout: float = setting(0.1, "Dropout before the alignment classifier.", **Dropout)
@@ -131,8 +132,15 @@ class ModelConfig(Settings):
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> ModelConfig:
-        """A config saved by `to_dict()` (nested sections), e.g. a run's config.json."""
-        return _validated(dict(values))
+        """A config saved by `to_dict()` (nested sections), e.g. a run's config.json.
+
+        Runs saved before vlpipe 0.2 carry `vision.proj_dim` (open_clip's image projection, which
+        the model no longer builds): it is dropped, so `finetune --init` still takes those runs.
+        """
+        values = dict(values)
+        if isinstance(values.get("vision"), dict):
+            values["vision"] = {k: v for k, v in values["vision"].items() if k != "proj_dim"}
+        return _validated(values)
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -1,12 +1,15 @@
 """Pretrained weights into our streams: Hugging Face BERT -> text; timm / open_clip ViT -> image.
 
+A checkpoint is read from disk once (`read_checkpoint`); from it, `text_config_from` /
+`vision_config_from` derive the model config that matches it, and `load_text_weights` /
+`load_vision_weights` load its tensors into a model built from that config.
+
 Nothing here unpickles code: safetensors files are plain tensors, and `.bin`/`.pt` files go through
 `torch.load(weights_only=True)`, which refuses anything but tensors and containers.
 
-Each importer renames the checkpoint's tensors to ours (and reshapes the few that differ: fused
-q/k/v, the conv patch embedding, CLIP's transposed projection), checks every shape against the
-model, and loads them. A shape mismatch means the model was built with another architecture; the
-`*_config` helpers derive the overrides that make a model match a checkpoint.
+Loading renames the checkpoint's tensors to ours (and reshapes the few that differ: fused q/k/v,
+the conv patch embedding), checks every shape against the model, and copies them. A shape mismatch
+means the model was built with another architecture than the checkpoint's.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import json
 import math
 import pickle
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +53,24 @@ def resolve_checkpoint(spec: str | Path) -> Path:
     return path
 
 
-def load_tensors(spec: str | Path) -> dict[str, Tensor]:
-    """All tensors of a checkpoint, on the CPU, without executing any code from the file."""
+@dataclass(frozen=True)
+class Checkpoint:
+    """A weights file read once: `spec` as the user gave it (for messages), the file it resolved to
+    (a BERT checkpoint's config.json lies beside it) and all its tensors."""
+
+    spec: str
+    path: Path
+    tensors: dict[str, Tensor]
+
+
+def read_checkpoint(spec: str | Path) -> Checkpoint:
+    """All tensors of a checkpoint (`minilm`, a file or a folder), on the CPU, without executing any
+    code from the file."""
     path = resolve_checkpoint(spec)
+    return Checkpoint(str(spec), path, _read_tensors(path))
+
+
+def _read_tensors(path: Path) -> dict[str, Tensor]:
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -92,18 +111,11 @@ def _load_into(module: nn.Module, mapped: dict[str, Tensor], required_prefixes: 
     return len(mapped)
 
 
-def _as_model(model: Any) -> nn.Module:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"expected a model or a ModelConfig, got {type(model).__name__}")
-    return model
-
-
 # ---------------------------------------------------------------------------------- BERT -> text
 
 
-def hf_text_config(spec: str | Path) -> dict[str, Any]:
+def _hf_text_overrides(path: Path) -> dict[str, Any]:
     """Text-stream overrides read from the `config.json` beside a Hugging Face BERT checkpoint."""
-    path = resolve_checkpoint(spec)
     config_file = path.parent / "config.json"
     if not config_file.is_file():
         raise VlpipeError(f"{config_file}: not found; a BERT checkpoint needs its config.json beside it")
@@ -164,41 +176,45 @@ def map_bert(tensors: dict[str, Tensor], max_len: int | None = None) -> dict[str
     return out
 
 
-def text_init(model_or_config: nn.Module | ModelConfig, spec: str | Path) -> int | ModelConfig:
-    """Initialise the text stream from a BERT checkpoint (`minilm`, a file or a folder).
+def text_config_from(checkpoint: Checkpoint, cfg: ModelConfig) -> ModelConfig:
+    """A copy of `cfg` whose text stream matches a BERT checkpoint (layers, width, heads, ...).
 
-    Given a model: loads the embeddings, all layers, the pooler (and the MLM transform if the
-    checkpoint has one) and returns how many tensors were loaded. Given a `ModelConfig`: returns a
-    copy whose text stream matches the checkpoint (layers, width, heads, ...), so that
-    `build_model(text_init(cfg, spec))` can then be loaded with `text_init(model, spec)`; the
-    vocabulary must already agree, since the cache's token ids index the embedding matrix.
+    Read from the checkpoint's config.json. The vocabulary must already agree, since the cache's
+    token ids index the embedding matrix; `max_len` stays the model's (the cache's caption length).
     """
-    if isinstance(model_or_config, ModelConfig):
-        cfg = model_or_config
-        text = hf_text_config(spec)
-        if text["vocab_size"] != cfg.text.vocab_size:
-            raise VlpipeError(f"{spec}: the checkpoint's vocabulary has {text['vocab_size']} tokens but the "
-                              f"cache's tokenizer has {cfg.text.vocab_size}; build the cache with the "
-                              "checkpoint's tokenizer (e.g. --tokenizer bert-uncased for minilm)")
-        if cfg.text.max_len > text["max_len"]:
-            raise VlpipeError(f"{spec}: max_len {cfg.text.max_len} exceeds the checkpoint's "
-                              f"{text['max_len']} position embeddings")
-        text["max_len"] = cfg.text.max_len
-        layers, points = text["layers"], cfg.coattn.text_layers
-        if points and max(points) > layers:
-            fits = tuple(range(layers - len(points) + 1, layers + 1)) if len(points) <= layers else None
-            hint = (f"e.g. --model 'coattn_text_layers=[{','.join(map(str, fits))}]'"
-                    if fits else "use a preset with fewer co-attention layers (e.g. tiny)")
-            raise VlpipeError(f"{spec}: the checkpoint has {layers} text layers but the model's co-attention "
-                              f"follows text layers {list(points)}; place it within 0..{layers}: {hint}")
-        return apply_overrides(cfg, {"text": text})
-    model = _as_model(model_or_config)
+    spec = checkpoint.spec
+    text = _hf_text_overrides(checkpoint.path)
+    if text["vocab_size"] != cfg.text.vocab_size:
+        raise VlpipeError(f"{spec}: the checkpoint's vocabulary has {text['vocab_size']} tokens but the "
+                          f"cache's tokenizer has {cfg.text.vocab_size}; build the cache with the "
+                          "checkpoint's tokenizer (e.g. --tokenizer bert-uncased for minilm)")
+    if cfg.text.max_len > text["max_len"]:
+        raise VlpipeError(f"{spec}: max_len {cfg.text.max_len} exceeds the checkpoint's "
+                          f"{text['max_len']} position embeddings")
+    text["max_len"] = cfg.text.max_len
+    layers, points = text["layers"], cfg.coattn.text_layers
+    if points and max(points) > layers:
+        fits = tuple(range(layers - len(points) + 1, layers + 1)) if len(points) <= layers else None
+        hint = (f"e.g. --model 'coattn.text_layers=[{','.join(map(str, fits))}]'"
+                if fits else "use a preset with fewer co-attention layers (e.g. tiny)")
+        raise VlpipeError(f"{spec}: the checkpoint has {layers} text layers but the model's co-attention "
+                          f"follows text layers {list(points)}; place it within 0..{layers}: {hint}")
+    return apply_overrides(cfg, {f"text.{k}": v for k, v in text.items()})
+
+
+def load_text_weights(model: nn.Module, checkpoint: Checkpoint) -> int:
+    """Load a BERT checkpoint into the text stream of a ViLBERT or into a bare `TextStream`.
+
+    Loads the embeddings, all layers, the pooler (and the MLM transform if the checkpoint has one;
+    both only into a ViLBERT) and returns how many tensors were loaded. Build the model from
+    `text_config_from` first, or the shapes will not fit.
+    """
     text_only = not hasattr(model, "text")  # a bare TextStream: keep only its own tensors
     max_len = (model.cfg if text_only else model.text.cfg).max_len
-    mapped = map_bert(load_tensors(spec), max_len)
+    mapped = map_bert(checkpoint.tensors, max_len)
     if text_only:
         mapped = {k.removeprefix("text."): v for k, v in mapped.items() if k.startswith("text.")}
-    return _load_into(model, mapped, ("embeddings.", "layers.") if text_only else ("text.",), str(spec))
+    return _load_into(model, mapped, ("embeddings.", "layers.") if text_only else ("text.",), checkpoint.spec)
 
 
 # ------------------------------------------------------------------------- timm / open_clip -> ViT
@@ -220,10 +236,25 @@ def _split_qkv_names(sd: dict[str, Tensor], prefix: str) -> tuple[Tensor, Tensor
     return None
 
 
+def _image_tensors(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The image tower's tensors: in a full CLIP checkpoint those under `visual.`, prefix removed.
+
+    The text tower's names (`transformer.resblocks.N.*`, `positional_embedding`) are the image
+    tower's without the prefix, so stripping it from every key would let one tower overwrite the other.
+    """
+    if any(k.startswith("visual.") for k in tensors):
+        return {k.removeprefix("visual."): v for k, v in tensors.items() if k.startswith("visual.")}
+    return tensors
+
+
 def map_vit(tensors: dict[str, Tensor], grid: int) -> dict[str, Tensor]:
-    """timm (`patch_embed.proj`, `blocks.N`) or open_clip (`conv1`, `transformer.resblocks.N`, with or
-    without the `visual.` prefix of a full CLIP checkpoint) names -> our ViT's names."""
-    sd = {k.removeprefix("visual."): v for k, v in tensors.items()}
+    """timm (`patch_embed.proj`, `blocks.N`) or open_clip (`conv1`, `transformer.resblocks.N`, alone
+    or as the `visual.` tower of a full CLIP checkpoint) names -> our ViT's names.
+
+    open_clip's `proj` (CLS -> CLIP's joint text-image space) is left out: our image stream ends at
+    the normalised tokens, and the pooler and heads on top are our own.
+    """
+    sd = _image_tensors(tensors)
     if "conv1.weight" in sd:  # open_clip
         sd = _open_clip_to_timm_names(sd)
     if "patch_embed.proj.weight" not in sd:
@@ -238,8 +269,6 @@ def map_vit(tensors: dict[str, Tensor], grid: int) -> dict[str, Tensor]:
         for kind in ("weight", "bias"):
             if f"{name}.{kind}" in sd:
                 out[f"{name}.{kind}"] = sd[f"{name}.{kind}"]
-    if "proj" in sd:
-        out["proj.weight"] = sd["proj"].T.contiguous()  # CLIP computes x @ proj; Linear computes x @ W.T
     block_ids = sorted({int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))})
     for i in block_ids:
         b = f"blocks.{i}"
@@ -265,8 +294,6 @@ def _open_clip_to_timm_names(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     out = {"patch_embed.proj.weight": sd["conv1.weight"],
            "cls_token": sd["class_embedding"].reshape(1, 1, -1),
            "pos_embed": sd["positional_embedding"][None]}
-    if "proj" in sd:
-        out["proj"] = sd["proj"]
     renames = {"ln_pre": "norm_pre", "ln_post": "norm", "ln_1": "norm1", "ln_2": "norm2",
                "attn.in_proj_weight": "attn.qkv.weight", "attn.in_proj_bias": "attn.qkv.bias",
                "attn.out_proj": "attn.proj", "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
@@ -279,48 +306,47 @@ def _open_clip_to_timm_names(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def vit_config(spec: str | Path) -> dict[str, Any]:
-    """Vision-stream overrides that match a timm/open_clip ViT checkpoint.
+def vision_config_from(checkpoint: Checkpoint, cfg: ModelConfig) -> ModelConfig:
+    """A copy of `cfg` whose vision stream matches a timm/open_clip ViT checkpoint.
 
-    Widths, depth, patch size, ln_pre and the projection are read off the tensors; the number of
-    heads is not stored in a checkpoint, so it is taken as hidden / 64 (true for every standard
-    ViT). The image size stays the model's own: position embeddings are interpolated on import.
-    open_clip's OpenAI models also need `act="quick_gelu"`, which a checkpoint cannot reveal.
+    Widths, depth, patch size and ln_pre are read off the tensors; the number of heads is not stored
+    in a checkpoint, so it is taken as hidden / 64 (true for every standard ViT). The image size
+    stays the model's own: position embeddings are interpolated on loading. open_clip's OpenAI
+    models also need `act="quick_gelu"`, which a checkpoint cannot reveal.
     """
-    tensors = load_tensors(spec)
-    sd = map_vit(tensors, math.isqrt(_pos_rows(tensors) - 1))
+    tensors = _image_tensors(checkpoint.tensors)
+    pos = tensors.get("pos_embed", tensors.get("positional_embedding"))
+    if pos is None:
+        raise VlpipeError(f"{checkpoint.spec}: not a timm or open_clip ViT checkpoint (no position embeddings)")
+    sd = _map_vit_or_fail(checkpoint, math.isqrt(pos.shape[-2] - 1))
     hidden = sd["cls_token"].shape[-1]
-    is_open_clip = any(k.removeprefix("visual.") == "conv1.weight" for k in tensors)
-    return {"hidden": hidden, "heads": max(1, hidden // 64),
-            "layers": len({k.split(".")[1] for k in sd if k.startswith("blocks.")}),
-            "mlp_hidden": sd["blocks.0.mlp.fc1.weight"].shape[0],
-            "patch_size": math.isqrt(sd["patch_embed.proj.weight"].shape[1] // 3),
-            "pre_norm": "norm_pre.weight" in sd, "proj_dim": sd["proj.weight"].shape[0] if "proj.weight" in sd else 0,
-            "norm_eps": 1e-5 if is_open_clip else 1e-6}
+    vision = {"hidden": hidden, "heads": max(1, hidden // 64),
+              "layers": len({k.split(".")[1] for k in sd if k.startswith("blocks.")}),
+              "mlp_hidden": sd["blocks.0.mlp.fc1.weight"].shape[0],
+              "patch_size": math.isqrt(sd["patch_embed.proj.weight"].shape[1] // 3),
+              "pre_norm": "norm_pre.weight" in sd,
+              "norm_eps": 1e-5 if "conv1.weight" in tensors else 1e-6}  # open_clip's LayerNorms vs timm's
+    return apply_overrides(cfg, {f"vision.{k}": v for k, v in vision.items()})
 
 
-def _pos_rows(tensors: dict[str, Tensor]) -> int:
-    for key in ("pos_embed", "positional_embedding", "visual.positional_embedding"):
-        if key in tensors:
-            return tensors[key].shape[-2]
-    raise VlpipeError("not a timm or open_clip ViT checkpoint (no position embeddings)")
+def load_vision_weights(model: nn.Module, checkpoint: Checkpoint) -> int:
+    """Load a timm or open_clip ViT checkpoint into the image stream of a ViLBERT or into a bare `ViT`.
 
-
-def vision_init(model_or_config: nn.Module | ModelConfig, spec: str | Path) -> int | ModelConfig:
-    """Initialise the image stream from a timm or open_clip ViT checkpoint (file or folder).
-
-    Given a model (ViLBERT or a bare ViT): loads and returns how many tensors were loaded. Given a
-    `ModelConfig`: returns a copy whose vision stream matches the checkpoint (see `vit_config`).
-    The mask token and, for timm checkpoints, the CLIP projection stay as initialised.
+    Returns how many tensors were loaded. Build the model from `vision_config_from` first, or the
+    shapes will not fit. The mask token stays as initialised (no ViT checkpoint has one).
     """
-    if isinstance(model_or_config, ModelConfig):
-        return apply_overrides(model_or_config, {"vision": vit_config(spec)})
-    model = _as_model(model_or_config)
     vit = getattr(model, "vision", model)
-    mapped = map_vit(load_tensors(spec), vit.cfg.grid)
+    mapped = _map_vit_or_fail(checkpoint, vit.cfg.grid)
     if "norm_pre.weight" in mapped and not vit.cfg.pre_norm:
-        raise VlpipeError(f"{spec}: the checkpoint has a pre-norm (ln_pre); build the model with vision_pre_norm=True")
-    if vit.proj is None:
-        mapped.pop("proj.weight", None)  # CLIP's projection only matters for CLIP-style image embeddings
+        raise VlpipeError(f"{checkpoint.spec}: the checkpoint has a pre-norm (ln_pre); "
+                          "build the model with vision_pre_norm=True")
     required = tuple(f"{n}." for n in ("patch_embed", "blocks", "norm", "norm_pre")) + ("cls_token", "pos_embed")
-    return _load_into(vit, mapped, required, str(spec))
+    return _load_into(vit, mapped, required, checkpoint.spec)
+
+
+def _map_vit_or_fail(checkpoint: Checkpoint, grid: int) -> dict[str, Tensor]:
+    """`map_vit` with its error naming the checkpoint."""
+    try:
+        return map_vit(checkpoint.tensors, grid)
+    except VlpipeError as exc:
+        raise VlpipeError(f"{checkpoint.spec}: {exc}") from None

@@ -1,4 +1,5 @@
-"""The building blocks every stream shares: attention (all of it lives here), the MLP, activations.
+"""The layers the streams are built from: attention (all of it lives here), the MLP, activations,
+and ViLBERT's co-attention layer that joins the two streams.
 
 Self-attention uses one fused qkv Linear (one matmul instead of three); cross-attention needs
 queries from one stream and keys/values from the other, so it has a q Linear and a fused kv Linear.
@@ -11,6 +12,8 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor, nn
+
+from vlpipe.model.config import CoAttentionConfig, TextConfig, VisionConfig
 
 
 def activation(name: str) -> nn.Module:
@@ -85,6 +88,36 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.drop(self.fc2(self.act(self.fc1(x))))
+
+
+class CoAttentionLayer(nn.Module):
+    """ViLBERT's connection layer: text attends to image and image attends to text, simultaneously.
+
+    Both cross-attentions read the inputs of this layer (neither sees the other's update), then each
+    stream runs its own feed-forward. Text side post-LN like BERT; image side pre-LN like the ViT,
+    so text queries read the *normalised* image tokens, while text tokens are normalised already.
+    Text padding is masked as keys for the image queries; image tokens are all real.
+    """
+
+    def __init__(self, text: TextConfig, vision: VisionConfig, cfg: CoAttentionConfig) -> None:
+        super().__init__()
+        self.text_cross = CrossAttention(text.hidden, vision.hidden, cfg.hidden, cfg.heads, cfg.attn_dropout)
+        self.text_norm1 = nn.LayerNorm(text.hidden, eps=text.norm_eps)
+        self.text_mlp = MLP(text.hidden, cfg.text_intermediate, text.act, cfg.dropout)
+        self.text_norm2 = nn.LayerNorm(text.hidden, eps=text.norm_eps)
+        self.image_norm1 = nn.LayerNorm(vision.hidden, eps=vision.norm_eps)
+        self.image_cross = CrossAttention(vision.hidden, text.hidden, cfg.hidden, cfg.heads, cfg.attn_dropout)
+        self.image_norm2 = nn.LayerNorm(vision.hidden, eps=vision.norm_eps)
+        self.image_mlp = MLP(vision.hidden, cfg.image_intermediate, vision.act, cfg.dropout)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, t: Tensor, v: Tensor, text_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        v_normed = self.image_norm1(v)
+        t_new = self.text_norm1(t + self.drop(self.text_cross(t, v_normed)))
+        v_new = v + self.drop(self.image_cross(v_normed, t, text_mask))
+        t_new = self.text_norm2(t_new + self.text_mlp(t_new))
+        v_new = v_new + self.image_mlp(self.image_norm2(v_new))
+        return t_new, v_new
 
 
 def init_weights(module: nn.Module) -> None:

@@ -1,8 +1,8 @@
-"""The text stream (BERT, post-LN) and the co-attention layers that join it to the image stream.
+"""The text stream: BERT (post-LN), word ids in, one hidden vector per token out.
 
-The text stream is laid out like BERT (post-LN: x = LN(x + sublayer(x))) so that Hugging Face
-BERT checkpoints load tensor for tensor (see importers.py); the image stream is a pre-LN ViT.
-Co-attention therefore follows each stream's own convention on its side.
+It is laid out like BERT (post-LN: x = LN(x + sublayer(x))) so that Hugging Face BERT checkpoints
+load tensor for tensor (see importers.py); the image stream, by contrast, is a pre-LN ViT, and the
+co-attention layer (layers.py) follows each stream's own convention on its side.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from vlpipe.model.config import CoAttentionConfig, TextConfig, VisionConfig
-from vlpipe.model.layers import MLP, CrossAttention, SelfAttention, run_block
+from vlpipe.model.config import TextConfig
+from vlpipe.model.layers import MLP, SelfAttention, run_block
 
 
 class TextEmbeddings(nn.Module):
@@ -64,33 +64,3 @@ class TextStream(nn.Module):
                 token_type_ids: Tensor | None = None) -> Tensor:
         """The text stream alone (what a BERT checkpoint computes): (B, L, H)."""
         return self.run(self.embeddings(input_ids, token_type_ids), attention_mask, 0, len(self.layers))
-
-
-class CoAttentionLayer(nn.Module):
-    """ViLBERT's connection layer: text attends to image and image attends to text, simultaneously.
-
-    Both cross-attentions read the inputs of this layer (neither sees the other's update), then each
-    stream runs its own feed-forward. Text side post-LN like BERT; image side pre-LN like the ViT,
-    so text queries read the *normalised* image tokens, while text tokens are normalised already.
-    Text padding is masked as keys for the image queries; image tokens are all real.
-    """
-
-    def __init__(self, text: TextConfig, vision: VisionConfig, cfg: CoAttentionConfig) -> None:
-        super().__init__()
-        self.text_cross = CrossAttention(text.hidden, vision.hidden, cfg.hidden, cfg.heads, cfg.attn_dropout)
-        self.text_norm1 = nn.LayerNorm(text.hidden, eps=text.norm_eps)
-        self.text_mlp = MLP(text.hidden, cfg.text_intermediate, text.act, cfg.dropout)
-        self.text_norm2 = nn.LayerNorm(text.hidden, eps=text.norm_eps)
-        self.image_norm1 = nn.LayerNorm(vision.hidden, eps=vision.norm_eps)
-        self.image_cross = CrossAttention(vision.hidden, text.hidden, cfg.hidden, cfg.heads, cfg.attn_dropout)
-        self.image_norm2 = nn.LayerNorm(vision.hidden, eps=vision.norm_eps)
-        self.image_mlp = MLP(vision.hidden, cfg.image_intermediate, vision.act, cfg.dropout)
-        self.drop = nn.Dropout(cfg.dropout)
-
-    def forward(self, t: Tensor, v: Tensor, text_mask: Tensor | None) -> tuple[Tensor, Tensor]:
-        v_normed = self.image_norm1(v)
-        t_new = self.text_norm1(t + self.drop(self.text_cross(t, v_normed)))
-        v_new = v + self.drop(self.image_cross(v_normed, t, text_mask))
-        t_new = self.text_norm2(t_new + self.text_mlp(t_new))
-        v_new = v_new + self.image_mlp(self.image_norm2(v_new))
-        return t_new, v_new

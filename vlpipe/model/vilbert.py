@@ -1,7 +1,7 @@
-"""The two-stream model: ViT + BERT joined by co-attention, the pretraining heads, and `build_model`.
+"""The two-stream model assembled: ViT + BERT joined by co-attention, with its heads, and `build_model`.
 
-One forward pass serves every pretraining task: the heads are small modules the trainer applies to
-the outputs it needs (MLM on text tokens, alignment on the pooled pair, MIM on image tokens).
+One forward pass serves every pretraining task: the heads (heads.py) are small modules the trainer
+applies to the outputs it needs (MLM on text tokens, alignment on the pooled pair, MIM on image tokens).
 """
 
 from __future__ import annotations
@@ -10,13 +10,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vlpipe.model.config import ModelConfig, apply_overrides, make_config
-from vlpipe.model.layers import activation, init_weights, run_block
-from vlpipe.model.text import CoAttentionLayer, TextStream
+from vlpipe.model.heads import AlignHead, MIMHead, MLMHead, Pooler
+from vlpipe.model.layers import CoAttentionLayer, init_weights, run_block
+from vlpipe.model.text import TextStream
 from vlpipe.model.vit import ViT
 
 
@@ -26,72 +25,6 @@ class ModelOutput:
     image: Tensor  # (B, 1 + P, Hv), index 0 = CLS
     pooled_text: Tensor  # (B, Ht)
     pooled_image: Tensor  # (B, Hv)
-
-
-class Pooler(nn.Module):
-    """BERT's pooler: tanh(Linear(first token)). Used for both streams (the text one loads from BERT)."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.dense = nn.Linear(dim, dim)
-
-    def forward(self, first_token: Tensor) -> Tensor:
-        return torch.tanh(self.dense(first_token))
-
-
-class MLMHead(nn.Module):
-    """BERT's MLM transform (dense, act, LN); the decoder reuses the word embedding matrix.
-
-    The tied weight is passed in at call time instead of being registered twice, so the state dict
-    holds each tensor once and safetensors can save it as is.
-    """
-
-    def __init__(self, dim: int, vocab_size: int, act: str, eps: float) -> None:
-        super().__init__()
-        self.dense = nn.Linear(dim, dim)
-        self.act = activation(act)
-        self.norm = nn.LayerNorm(dim, eps=eps)
-        self.bias = nn.Parameter(torch.zeros(vocab_size))
-
-    def forward(self, x: Tensor, word_embeddings: Tensor) -> Tensor:
-        return F.linear(self.norm(self.act(self.dense(x))), word_embeddings, self.bias)
-
-
-class AlignHead(nn.Module):
-    """One logit per (caption, image) pair: do they belong together?
-
-    "product" is ViLBERT's: element-wise product of the pooled vectors, then a Linear (the image side
-    is projected first when the two streams differ in width); "concat" feeds both to a small MLP.
-    """
-
-    def __init__(self, text_dim: int, image_dim: int, mode: str, dropout: float) -> None:
-        super().__init__()
-        self.mode = mode
-        self.drop = nn.Dropout(dropout)
-        if mode == "product":
-            self.image_proj = nn.Identity() if image_dim == text_dim else nn.Linear(image_dim, text_dim)
-            self.classifier = nn.Sequential(nn.Linear(text_dim, 1))
-        else:
-            self.classifier = nn.Sequential(nn.Linear(text_dim + image_dim, text_dim), nn.GELU(),
-                                            nn.Linear(text_dim, 1))
-
-    def forward(self, pooled_text: Tensor, pooled_image: Tensor) -> Tensor:
-        if self.mode == "product":
-            joint = pooled_text * self.image_proj(pooled_image)
-        else:
-            joint = torch.cat([pooled_text, pooled_image], dim=-1)
-        return self.classifier(self.drop(joint)).squeeze(-1)
-
-
-class MIMHead(nn.Module):
-    """Projects image tokens into the space where masked patches are contrasted with their targets."""
-
-    def __init__(self, dim: int, out_dim: int) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, out_dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
 
 
 class ViLBERT(nn.Module):
@@ -135,9 +68,6 @@ class ViLBERT(nn.Module):
     def encode_image(self, images: Tensor, patch_mask: Tensor | None = None) -> Tensor:
         """The image stream alone, no co-attention: (B, 1 + P, Hv). Targets for MIM come from here."""
         return self.vision(images, patch_mask)
-
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
 
 def build_model(preset: str | ModelConfig = "base", overrides: Mapping[str, Any] | None = None) -> ViLBERT:

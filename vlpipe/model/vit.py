@@ -86,7 +86,6 @@ class ViT(nn.Module):
         self.norm_pre = nn.LayerNorm(cfg.hidden, eps=cfg.norm_eps) if cfg.pre_norm else nn.Identity()
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(cfg.hidden, eps=cfg.norm_eps)
-        self.proj = nn.Linear(cfg.hidden, cfg.proj_dim, bias=False) if cfg.proj_dim else None
 
     def embed(self, images: Tensor, patch_mask: Tensor | None = None) -> Tensor:
         """uint8 (B, P, p*p*3) -> (B, 1 + P, D) tokens ready for the first block.
@@ -112,9 +111,3 @@ class ViT(nn.Module):
     def forward(self, images: Tensor, patch_mask: Tensor | None = None) -> Tensor:
         """The image stream alone: (B, 1 + P, D) final-normalised tokens, index 0 = CLS."""
         return self.norm(self.run(self.embed(images, patch_mask), 0, len(self.blocks)))
-
-    def image_embedding(self, images: Tensor) -> Tensor:
-        """CLIP-style image embedding: the normalised CLS token through `proj` (needs proj_dim > 0)."""
-        if self.proj is None:
-            raise ValueError("this ViT has no projection; build it with vision proj_dim > 0")
-        return self.proj(self.forward(images)[:, 0])

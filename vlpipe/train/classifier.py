@@ -20,40 +20,27 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from vlpipe.errors import VlpipeError
+from vlpipe.model.heads import Fusion
 from vlpipe.model.vilbert import ViLBERT
 from vlpipe.train import checkpoint as ckpt
 
 PRETRAIN_HEADS = ("mlm", "align_head", "mim_head")
-TASKS = ("binary", "multiclass", "multilabel")
-FUSIONS = ("product", "concat")
 
 
-class ClassifierHead(nn.Module):
-    """Logits from the pooled text and image vectors.
-
-    product: ViLBERT's fusion, element-wise product (image side projected when widths differ);
-    concat: both vectors side by side. Then a two-layer MLP (as ViLBERT's downstream heads), whose
-    hidden layer lets a product head learn interactions beyond a single bilinear form.
+class ClassifierHead(Fusion):
+    """Logits from the pooled text and image vectors: the pair fusion shared with the alignment head
+    (product or concat, see `vlpipe.model.heads.Fusion`), then a two-layer MLP (as ViLBERT's
+    downstream heads), whose hidden layer lets a product head learn interactions beyond a single
+    bilinear form.
     """
 
     def __init__(self, text_dim: int, image_dim: int, num_outputs: int, fusion: str, dropout: float) -> None:
-        super().__init__()
-        if fusion not in FUSIONS:
-            raise VlpipeError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
-        self.fusion = fusion
-        if fusion == "product":
-            self.image_proj: nn.Module = nn.Identity() if image_dim == text_dim else nn.Linear(image_dim, text_dim)
-            joint = text_dim
-        else:
-            self.image_proj = nn.Identity()
-            joint = text_dim + image_dim
-        self.mlp = nn.Sequential(nn.Dropout(dropout), nn.Linear(joint, 2 * text_dim), nn.GELU(),
+        super().__init__(text_dim, image_dim, fusion)
+        self.mlp = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.out_dim, 2 * text_dim), nn.GELU(),
                                  nn.LayerNorm(2 * text_dim), nn.Dropout(dropout), nn.Linear(2 * text_dim, num_outputs))
 
     def forward(self, pooled_text: Tensor, pooled_image: Tensor) -> Tensor:
-        image = self.image_proj(pooled_image)
-        joint = pooled_text * image if self.fusion == "product" else torch.cat([pooled_text, image], dim=-1)
-        return self.mlp(joint)
+        return self.mlp(self.join(pooled_text, pooled_image))
 
 
 class Classifier(nn.Module):

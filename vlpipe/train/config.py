@@ -16,8 +16,9 @@ from typing import Any, Literal
 from pydantic import field_validator, model_validator
 from pydantic.fields import FieldInfo
 
+from vlpipe.cache.format import LABEL_TASKS
 from vlpipe.cache.loader import MODES
-from vlpipe.model.config import check_override_keys
+from vlpipe.model.config import FUSIONS, check_override_keys
 from vlpipe.settings import Settings, load_settings, setting
 from vlpipe.train.masking import TASKS
 
@@ -95,7 +96,7 @@ class PretrainConfig(RunSettings):
 
     replaces = (("steps", "epochs"), ("epochs", "steps"))
 
-    tasks: tuple[Literal["mlm", "ap", "mim"], ...] = setting(
+    tasks: tuple[Literal[TASKS], ...] = setting(  # type: ignore[valid-type]
         TASKS, "Tasks: mlm (masked words), ap (alignment prediction), mim (contrastive masked patches).",
         min_length=1, fixed=True)
     task_weights: dict[str, float] = setting(factory=lambda: dict.fromkeys(TASKS, 1.0),
@@ -154,9 +155,9 @@ class FinetuneConfig(RunSettings):
     init: str | None = setting(None, "Start from a `vlpipe train pretrain` run's latest checkpoint (every shared "
                                "weight; the pretraining heads are dropped, the classifier starts fresh) and use its "
                                "model config; none = from scratch.", metavar="PRETRAIN_RUN|none", fixed=True)
-    task: Literal["binary", "multiclass", "multilabel"] | None = setting(
+    task: Literal[LABEL_TASKS] | None = setting(  # type: ignore[valid-type]
         None, "Loss and metrics.", shown_default="the cache manifest's labels.task", fixed=True)
-    fusion: Literal["product", "concat"] = setting(
+    fusion: Literal[FUSIONS] = setting(  # type: ignore[valid-type]
         "product", "How the head joins pooled text and image: product (ViLBERT) or concatenation.", fixed=True)
     metric: str | None = setting(None, "Validation metric for early stopping and the best checkpoint: auroc or "
                                  "accuracy (binary), top1/top5 (multiclass), macro_f1_tuned/micro_f1_tuned/"

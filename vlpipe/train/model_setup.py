@@ -15,7 +15,17 @@ from torch import nn
 
 from vlpipe.cache.format import Manifest
 from vlpipe.errors import VlpipeError
-from vlpipe.model import ModelConfig, build_model, make_config
+from vlpipe.model import (
+    Checkpoint,
+    ModelConfig,
+    build_model,
+    load_text_weights,
+    load_vision_weights,
+    make_config,
+    read_checkpoint,
+    text_config_from,
+    vision_config_from,
+)
 from vlpipe.model.config import apply_overrides
 from vlpipe.train.config import FinetuneConfig, PretrainConfig
 
@@ -35,16 +45,15 @@ def cache_geometry(manifest: Manifest) -> dict[str, Any]:
     }
 
 
-def model_config_for(config: PretrainConfig, manifest: Manifest) -> ModelConfig:
+def model_config_for(config: PretrainConfig, manifest: Manifest, text: Checkpoint | None = None,
+                     vision: Checkpoint | None = None) -> ModelConfig:
     """The preset sized to the cache, reshaped like the pretrained weights if any are imported."""
-    from vlpipe.model.importers import text_init, vision_init
-
     geometry = cache_geometry(manifest)
     cfg = make_config(config.preset, {**config.model_overrides, **geometry})
-    if config.text_init:
-        cfg = text_init(cfg, config.text_init)
-    if config.vision_init:
-        cfg = vision_init(cfg, config.vision_init)
+    if text is not None:
+        cfg = text_config_from(text, cfg)
+    if vision is not None:
+        cfg = vision_config_from(vision, cfg)
         if cfg.vision.patch_size != geometry["vision.patch_size"]:
             raise VlpipeError(
                 f"{config.vision_init} has {cfg.vision.patch_size}px patches but the cache {config.cache} "
@@ -54,14 +63,14 @@ def model_config_for(config: PretrainConfig, manifest: Manifest) -> ModelConfig:
 
 
 def build_pretrain_model(config: PretrainConfig, manifest: Manifest) -> nn.Module:
-    """Build the model for a run and load pretrained text/vision weights when asked."""
-    from vlpipe.model.importers import text_init, vision_init
-
-    model = build_model(model_config_for(config, manifest))
-    if config.text_init:
-        text_init(model, config.text_init)
-    if config.vision_init:
-        vision_init(model, config.vision_init)
+    """Build the model for a run and load pretrained text/vision weights when asked (each file read once)."""
+    text = read_checkpoint(config.text_init) if config.text_init else None
+    vision = read_checkpoint(config.vision_init) if config.vision_init else None
+    model = build_model(model_config_for(config, manifest, text, vision))
+    if text is not None:
+        load_text_weights(model, text)
+    if vision is not None:
+        load_vision_weights(model, vision)
     return model
 
 
