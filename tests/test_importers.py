@@ -92,7 +92,7 @@ def test_text_import_says_where_co_attention_can_go_in_a_shallower_checkpoint(mi
     with pytest.raises(VlpipeError, match=r"minilm: the checkpoint has 6 text layers .* \[6, 7, 8, 9, 10, 11\]; "
                                           r"place it within 0..6: e.g. --model 'coattn.text_layers=\[1,2,3,4,5,6\]'"):
         text_config_from(minilm, base)
-    moved = apply_overrides(base, {"coattn": {"text_layers": (1, 2, 3, 4, 5, 6)}})  # the suggested fix works
+    moved = apply_overrides(base, {"coattn.text_layers": (1, 2, 3, 4, 5, 6)})  # the suggested fix works
     assert text_config_from(minilm, moved).text.layers == 6
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vlpipe.errors import VlpipeError
-from vlpipe.model import PRESETS, ModelConfig, ModelOutput, build_model, make_config
+from vlpipe.model import ModelConfig, ModelOutput, build_model, make_config
 from vlpipe.model.config import every_dropout
 
 torch.set_num_threads(2)
