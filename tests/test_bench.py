@@ -25,10 +25,11 @@ from vlpipe.bench.pipelines import SeedDataset, SeedTransform
 from vlpipe.bench.report import render
 from vlpipe.bench.sources import prepare_source
 from vlpipe.bench.system import drop_page_cache
-from vlpipe.cache.format import DEFAULT_MEAN, DEFAULT_STD, load_manifest
+from vlpipe.cache.format import load_manifest
 from vlpipe.cache.writer import build_cache
 from vlpipe.cli.bench import dataloader
 from vlpipe.errors import VlpipeError
+from vlpipe.imaging import CLIP_MEAN, CLIP_STD
 
 IMAGE_SIZE, PATCH, MAX_LEN = 32, 8, 16
 WORDS = ["a", "red", "cat", "sits", "on", "the", "blue", "mat", "near", "two", "green", "trees", "under", "sky"]
@@ -81,7 +82,7 @@ def test_seed_transform_matches_a_hand_computed_tensor(tiny: tuple[Path, Path], 
     img = _image(1, h=70, w=50)
     path = tmp_path / "known.png"  # lossless, so the expected pixels are exactly known
     img.save(path)
-    transform = SeedTransform(IMAGE_SIZE, list(DEFAULT_MEAN), list(DEFAULT_STD), cache / "tokenizer.json",
+    transform = SeedTransform(IMAGE_SIZE, list(CLIP_MEAN), list(CLIP_STD), cache / "tokenizer.json",
                               MAX_LEN, pad_id=0)
     item = SeedDataset([path], ["a red cat"], transform)[0]
     ids = Tokenizer.from_file(str(cache / "tokenizer.json")).encode("a red cat").ids
@@ -90,7 +91,7 @@ def test_seed_transform_matches_a_hand_computed_tensor(tiny: tuple[Path, Path], 
     # then the central 32x32 (2 px off the sides, 9 px off the top).
     scaled = img.resize((36, 50), Image.Resampling.BICUBIC)
     crop = np.asarray(scaled.crop((2, 9, 34, 41)), np.float32) / 255
-    expected = (crop - np.array(DEFAULT_MEAN, np.float32)) / np.array(DEFAULT_STD, np.float32)
+    expected = (crop - np.array(CLIP_MEAN, np.float32)) / np.array(CLIP_STD, np.float32)
 
     assert item["images"].shape == (3, IMAGE_SIZE, IMAGE_SIZE) and item["images"].dtype == torch.float32
     np.testing.assert_allclose(item["images"].permute(1, 2, 0).numpy(), expected, atol=2e-2)

@@ -19,6 +19,10 @@ import cv2
 import numpy as np
 from PIL import Image, ImageCms, ImageOps
 
+# OpenAI CLIP's pixel statistics: what a cache records for the model to normalize with (its default),
+# and what most pretrained ViTs expect (docs/cache-format.md).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 DEFAULT_MAX_PIXELS = 64_000_000  # ~8000x8000: beyond this a "photo" is a decompression bomb or a scan
 _SRGB_PROFILE = ImageCms.createProfile("sRGB")
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from vlpipe.errors import VlpipeError
+from vlpipe.imaging import CLIP_MEAN, CLIP_STD
 
 FORMAT_NAME = "vlpipe-cache"
 FORMAT_VERSION = 1
@@ -39,9 +40,6 @@ LABELS_FILE = "labels.npy"
 LABEL_TASKS = ("binary", "multiclass", "multilabel")
 MISSING_LABEL = -1
 PATCH_LAYOUT = "row-major patches; each patch flattened (patch_row, patch_col, channel)"
-# CLIP's per-channel statistics in [0, 1] units: the model normalizes uint8 pixels on the device.
-DEFAULT_MEAN = (0.48145466, 0.4578275, 0.40821073)
-DEFAULT_STD = (0.26862954, 0.26130258, 0.27577711)
 META_COLUMNS = ("key", "caption", "url", "width", "height", "sha256", "split")
 SPLITS = ("train", "val", "test")
 
@@ -190,8 +188,8 @@ class ImageSpec:
     patch_dim: int
     dtype: str = "uint8"
     layout: str = PATCH_LAYOUT
-    mean: list[float] = field(default_factory=lambda: list(DEFAULT_MEAN))
-    std: list[float] = field(default_factory=lambda: list(DEFAULT_STD))
+    mean: list[float] = field(default_factory=lambda: list(CLIP_MEAN))
+    std: list[float] = field(default_factory=lambda: list(CLIP_STD))
 
     @classmethod
     def create(cls, image_size: int, patch_size: int) -> ImageSpec:

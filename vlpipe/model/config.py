@@ -14,11 +14,8 @@ from typing import Any, Literal
 from pydantic import ValidationError, model_validator
 
 from vlpipe.errors import VlpipeError
+from vlpipe.imaging import CLIP_MEAN, CLIP_STD
 from vlpipe.settings import Settings, explain, setting, validating
-
-# OpenAI CLIP statistics: the cache's default pixel statistics too (see docs/cache-format.md).
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 Activation = Literal["gelu", "gelu_tanh", "quick_gelu"]
 # How a head joins the pooled text and image vectors: ViLBERT's element-wise product, or concatenation.

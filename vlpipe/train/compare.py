@@ -18,14 +18,16 @@ from typing import Any
 
 import numpy as np
 
+from vlpipe.cache.format import SPLITS
 from vlpipe.errors import VlpipeError, shown
 from vlpipe.train.metrics_log import json_number
 from vlpipe.utils.atomic import atomic_open, atomic_path
 
 SUMMARY_FILE = "summary.json"
+# The splits a comparison shows, the held-out one first: test where the data has it, then val.
+REPORTED_SPLITS = tuple(s for s in reversed(SPLITS) if s != "train")
 # Metrics in the order a reader looks for them; `n`, `loss` and `threshold` are not comparisons.
 METRIC_ORDER = ("accuracy", "auroc", "top1", "top5", "macro_f1_tuned", "micro_f1_tuned", "macro_f1", "micro_f1")
-SPLITS = ("test", "val")
 
 
 def summarize(results: dict[int, dict[str, Any]], **settings: Any) -> dict[str, Any]:
@@ -129,7 +131,7 @@ def build_report(runs: list[str | os.PathLike[str]], out: str | os.PathLike[str]
     rows = [["", "init", *[str(s.get("init") or "none") for s in summaries]],
             ["", "tensors loaded", *[str(s.get("init_loaded", 0)) for s in summaries]],
             ["", "seeds", *[str(len(s["seeds"])) for s in summaries]]]
-    for split in SPLITS:
+    for split in REPORTED_SPLITS:
         for metric in _metrics(summaries, split):
             rows.append([split, metric, *[_cell(s, split, metric) for s in summaries]])
 
