@@ -168,7 +168,7 @@ def test_plot_with_a_damaged_metrics_file(tmp_path, capsys):
 
 
 def test_model_options_split_at_commas_outside_brackets():
-    from vlpipe.settings import split_pairs
+    from vlpipe.cli.options import split_pairs
 
     assert split_pairs("text.layers=4,coattn.text_layers=[1,2,3], heads.align=concat") == [
         "text.layers=4", "coattn.text_layers=[1,2,3]", "heads.align=concat"]

@@ -3,7 +3,7 @@
 Every command's settings are a `Settings` subclass, and everything else is derived from those
 declarations: validation (pydantic, strict: a config file's `"batch_size": "8"` is refused, not
 coerced), the config-file reader (`.json` or `.toml`, flat keys named like the flags), the click
-options with their help text and shown defaults (`cli_options`), the one-line errors that name the
+options with their help text and shown defaults (vlpipe/cli/options.py), the one-line errors that name the
 flag or the file and key the bad value came from (`load_settings`), and the saved `config.json`
 (`model_dump(mode="json")`). A default or a range is therefore written once, in the class.
 
@@ -23,7 +23,6 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import click
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 
@@ -67,7 +66,7 @@ def setting(default: Any = ..., help: str = "", *, factory: Callable[[], Any] | 
     return Field(default, description=help, json_schema_extra=extra, **constraints)
 
 
-def _extra(info: FieldInfo) -> dict[str, Any]:
+def declared(info: FieldInfo) -> dict[str, Any]:
     extra = info.json_schema_extra
     return extra if isinstance(extra, dict) else {}
 
@@ -118,7 +117,7 @@ class Settings(BaseModel):
     @classmethod
     def fixed_settings(cls) -> tuple[str, ...]:
         """Names of the settings declared `fixed=True` (a resume must keep them)."""
-        return tuple(name for name, info in cls.model_fields.items() if _extra(info).get("fixed"))
+        return tuple(name for name, info in cls.model_fields.items() if declared(info).get("fixed"))
 
 
 # ---- reading: files and flags --------------------------------------------------------------------
@@ -169,7 +168,7 @@ def _merge(cls: type[Settings], base: dict[str, Any], top: dict[str, Any]) -> di
     """`top` over `base`; sections merge key by key, any other value (a table too) is replaced whole."""
     out = dict(base)
     for key, value in top.items():
-        section = _section_class(cls.model_fields[key].annotation) if key in cls.model_fields else None
+        section = section_class(cls.model_fields[key].annotation) if key in cls.model_fields else None
         if section is not None and isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = _merge(section, out[key], value)
         else:
@@ -182,7 +181,7 @@ def _nest(cls: type[Settings], flat: dict[str, Any], source: str) -> dict[str, A
     paths = leaf_paths(cls)
     out: dict[str, Any] = {}
     for key, value in flat.items():
-        if key in cls.model_fields and not _section_class(cls.model_fields[key].annotation):
+        if key in cls.model_fields and not section_class(cls.model_fields[key].annotation):
             out[key] = value
         elif key in cls.model_fields and isinstance(value, dict):  # a whole section as a table
             out.setdefault(key, {}).update(value)
@@ -201,7 +200,7 @@ def leaf_paths(cls: type[Settings], prefix: tuple[str, ...] = ()) -> dict[str, t
     """Every setting's flat name -> its path through the sections (`min_side` -> (verify, min_side))."""
     out: dict[str, tuple[str, ...]] = {}
     for name, info in cls.model_fields.items():
-        section = _section_class(info.annotation)
+        section = section_class(info.annotation)
         if section is not None:
             out.update(leaf_paths(section, (*prefix, name)))
         else:
@@ -209,7 +208,7 @@ def leaf_paths(cls: type[Settings], prefix: tuple[str, ...] = ()) -> dict[str, t
     return out
 
 
-def _section_class(annotation: Any) -> type[Settings] | None:
+def section_class(annotation: Any) -> type[Settings] | None:
     return annotation if isinstance(annotation, type) and issubclass(annotation, Settings) else None
 
 
@@ -223,7 +222,7 @@ def _field_at(cls: type[Settings], loc: tuple[Any, ...]) -> tuple[str, FieldInfo
         if current is None or not isinstance(part, str) or part not in current.model_fields:
             break
         info, name, depth = current.model_fields[part], part, depth + 1
-        current = _section_class(info.annotation)
+        current = section_class(info.annotation)
     return name, info, info is not None and depth < len(loc)
 
 
@@ -240,7 +239,7 @@ def explain(exc: ValidationError, cls: type[Settings], source: str, flags: Mappi
     """
     error = exc.errors()[0]
     name, info, inside = _field_at(cls, tuple(error["loc"]))
-    if info is not None and _section_class(info.annotation) and not inside:
+    if info is not None and section_class(info.annotation) and not inside:
         name, info = "", None  # a check across a section's settings: its message names them
     if dotted and name:
         name = ".".join(str(part) for part in error["loc"] if isinstance(part, str))
@@ -320,7 +319,7 @@ def describe(annotation: Any, plural: bool = False) -> str:
         if args[1] is Any:
             return "a table/object of settings"
         return f"a table/object mapping names to {describe(args[1], True)}"
-    return "a table/object of settings" if _section_class(annotation) else str(annotation)
+    return "a table/object of settings" if section_class(annotation) else str(annotation)
 
 
 def _is_tuple(annotation: Any) -> bool:
@@ -330,169 +329,5 @@ def _is_tuple(annotation: Any) -> bool:
                if typing.get_origin(annotation) in (typing.Union, types.UnionType))
 
 
-# ---- the command line ----------------------------------------------------------------------------
-
-
 def flag_of(name: str, info: FieldInfo) -> str:
-    return _extra(info).get("flag") or "--" + name.replace("_", "-")
-
-
-def default_text(info: FieldInfo) -> str:
-    """How a setting's default reads in `--help`: from the declaration, never restated by hand."""
-    extra = _extra(info)
-    if extra.get("shown_default"):
-        return str(extra["shown_default"])
-    value = info.get_default(call_default_factory=True)
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if value is None:
-        return "none"
-    if isinstance(value, tuple | list):
-        return ",".join(str(v) for v in value)
-    if isinstance(value, dict):
-        return ",".join(f"{k}={v}" for k, v in value.items()) or "none"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
-def settings_fields(cls: type[Settings]) -> Iterator[tuple[str, FieldInfo]]:
-    """Every setting of `cls` and its sections, as (flat name, declaration)."""
-    for name, info in cls.model_fields.items():
-        section = _section_class(info.annotation)
-        if section is not None:
-            yield from settings_fields(section)
-        else:
-            yield name, info
-
-
-def cli_options(cls: type[Settings], *, skip: tuple[str, ...] = (), config_file: bool = True
-                ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Click options for every setting of `cls` (but `skip`), generated from the declarations.
-
-    Every option defaults to "not given" (None), so a `--config` file's value survives unless the
-    flag is given; the help shows the declared default. Lists take commas (`--tasks mlm,ap`) or
-    repeats; tables take `KEY=VALUE` pairs. The command receives each value under its field name,
-    already converted, and passes them on to `load_settings`.
-    """
-    options = []
-    if config_file:
-        options.append(click.option(CONFIG_FLAG, "config_file", type=click.Path(path_type=str), default=None,
-                                    help="A .json or .toml file with any of these settings (keys are the "
-                                         "option names with underscores); flags given here override it."))
-    for name, info in settings_fields(cls):
-        if name not in skip:
-            options.append(_option(name, info))
-
-    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
-        for option in reversed(options):
-            func = option(func)
-        return func
-
-    return decorate
-
-
-def _option(name: str, info: FieldInfo) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    flag = flag_of(name, info)
-    extra = _extra(info)
-    required = info.is_required()
-    help_text = (info.description or "").rstrip()
-    help_text += " Required (here or in --config)." if required else f" [default: {default_text(info)}]"
-    annotation = _without_none(info.annotation)
-    kwargs: dict[str, Any] = {"default": None, "help": help_text}
-    if extra.get("metavar"):
-        kwargs["metavar"] = extra["metavar"]
-    if annotation is bool:
-        if not extra.get("negatable", True):
-            return click.option(flag, name, is_flag=True, **kwargs)
-        return click.option(f"{flag}/--no-{flag[2:]}", name, **kwargs)
-    if typing.get_origin(annotation) is Literal:
-        return click.option(flag, name, type=click.Choice([str(a) for a in typing.get_args(annotation)]), **kwargs)
-    if typing.get_origin(annotation) is tuple or typing.get_origin(annotation) is dict:
-        kwargs.setdefault("metavar", "A,B,..." if typing.get_origin(annotation) is tuple else "KEY=VALUE")
-        return click.option(flag, name, multiple=True, callback=_list_callback(name, annotation, flag), **kwargs)
-    if annotation in (int, float, str):
-        return click.option(flag, name, type=_cli_type(annotation, info), **kwargs)
-    raise TypeError(f"setting {name}: no command-line form for {annotation}")
-
-
-def _without_none(annotation: Any) -> Any:
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        rest = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if len(rest) == 1:
-            return rest[0]
-    return annotation
-
-
-def _cli_type(annotation: Any, info: FieldInfo) -> Any:
-    """click's INT and FLOAT; for an optional string, the word `none` gives None (e.g. `--init none`)."""
-    if annotation is str and info.annotation is not str:
-        return _NoneableString()
-    return {int: click.INT, float: click.FLOAT, str: click.STRING}[annotation]
-
-
-class _NoneableString(click.ParamType):
-    name = "text"
-
-    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
-        return None if str(value).lower() == "none" else value
-
-
-def split_pairs(value: str) -> list[str]:
-    """Split at commas outside brackets: `a=1,b=[2,3]` -> `a=1`, `b=[2,3]`."""
-    parts, depth, start = [], 0, 0
-    for i, char in enumerate(value):
-        depth += {"[": 1, "]": -1}.get(char, 0)
-        if char == "," and depth == 0:
-            parts.append(value[start:i])
-            start = i + 1
-    parts.append(value[start:])
-    return [p.strip() for p in parts if p.strip()]
-
-
-def _list_callback(name: str, annotation: Any, flag: str) -> Callable[[Any, Any, tuple[str, ...]], Any]:
-    """Parse repeated/comma-separated values into the setting's list or table type (None if not given)."""
-    args = typing.get_args(annotation)
-
-    def convert(ctx: Any, param: Any, values: tuple[str, ...]) -> Any:
-        if not values:
-            return None
-        items = [item for value in values for item in split_pairs(value)]
-        try:
-            if typing.get_origin(annotation) is tuple:
-                kinds = [args[0]] * len(items) if len(args) == 2 and args[1] is Ellipsis else list(args)
-                if len(kinds) != len(items):
-                    raise ValueError(f"expected {len(kinds)} comma-separated values")
-                return tuple(_scalar(item, kind) for item, kind in zip(items, kinds, strict=True))
-            out = {}
-            for item in items:
-                key, sep, raw = item.partition("=")
-                if not sep or not key.strip():
-                    raise ValueError(f"expected KEY=VALUE, got {item!r}")
-                out[key.strip()] = _scalar(raw.strip(), args[1])
-            return out
-        except ValueError as exc:
-            raise VlpipeError(f"{flag} {','.join(values)}: {exc}") from None
-
-    return convert
-
-
-def _scalar(raw: str, kind: Any) -> Any:
-    """One command-line value as `kind`; for `Any` (model options): a number, true/false, a [list] or text."""
-    if kind is int:
-        return int(raw)
-    if kind is float:
-        return float(raw)
-    if kind is str:
-        return raw
-    if raw.startswith("["):
-        try:
-            return json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"not a JSON list: {exc.msg}") from None
-    for convert in (int, float):
-        try:
-            return convert(raw)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(raw.lower(), raw)
+    return declared(info).get("flag") or "--" + name.replace("_", "-")

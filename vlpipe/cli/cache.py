@@ -8,7 +8,8 @@ from typing import Any
 import click
 
 from vlpipe.cache.config import BuildSettings
-from vlpipe.settings import cli_options, load_settings
+from vlpipe.cli.options import cli_options
+from vlpipe.settings import load_settings
 
 DEFAULT_ROOT = Path("cache")
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from vlpipe.settings import cli_options
+from vlpipe.cli.options import cli_options
 from vlpipe.train.config import FinetuneConfig, PretrainConfig
 
 
