@@ -26,7 +26,8 @@ from vlpipe.train.classifier import (
     pretrain_checkpoint,
 )
 from vlpipe.train.config import FinetuneConfig, PretrainConfig, load_finetune_config
-from vlpipe.train.finetune import finetune
+from vlpipe.train.distributed import DistInfo
+from vlpipe.train.finetune import FinetuneTask, finetune
 from vlpipe.train.metrics_log import read_metrics
 from vlpipe.train.model_setup import model_config_for_finetune
 from vlpipe.train.pretrain import pretrain
@@ -341,3 +342,29 @@ def test_out_must_be_empty_or_a_finetuning_runs_own(caches, tmp_path):
     afile.write_text("x")
     with pytest.raises(VlpipeError, match="exists and is not a folder"):
         finetune(_config(memes, afile))
+
+
+@pytest.mark.parametrize(("accuracies", "stops_after"), [
+    # At its starting level for 4 epochs (chance), then learning: patience counts only after the
+    # first improvement, so the run is not stopped at chance (it used to stop after epoch 4).
+    ([0.5, 0.5, 0.5, 0.5, 0.8, 0.9, 0.9, 0.9, 0.9], 9),
+    ([0.5, 0.6, 0.6, 0.6, 0.6], 5),  # improved once, then 3 epochs without: stops
+    ([0.5, 0.6, 0.7, 0.7, 0.8], None),  # still improving: runs on
+])
+def test_early_stopping_waits_for_the_first_improvement(caches, tmp_path, accuracies, stops_after):
+    memes, _ = caches
+    task = FinetuneTask(_config(memes, tmp_path / "es", patience=3, metric="accuracy", warmup=0.0), 0,
+                        torch.device("cpu"), DistInfo())
+    task.cadence(steps_per_epoch=10)
+    stopped = [task.after_eval({"accuracy": a}, epoch) for epoch, a in enumerate(accuracies, start=1)]
+    assert (stopped.index(True) + 1 if True in stopped else None) == stops_after
+    assert task.state["best"] == max(accuracies)
+
+
+def test_early_stopping_does_not_count_epochs_inside_warmup(caches, tmp_path):
+    memes, _ = caches
+    task = FinetuneTask(_config(memes, tmp_path / "es", patience=1, metric="accuracy", warmup=0.5, epochs=10), 0,
+                        torch.device("cpu"), DistInfo())
+    task.cadence(steps_per_epoch=10)  # warmup: 50 of 100 steps = 5 epochs
+    stopped = [task.after_eval({"accuracy": a}, epoch) for epoch, a in enumerate([0.5, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6], 1)]
+    assert stopped == [False] * 5 + [True, True]
