@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import shlex
 import sys
 
 import click
@@ -71,12 +72,17 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except VlpipeError as exc:
+        signal_number = getattr(exc, "signal_number", None)
+        if signal_number is None:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+        # A training run stopped by Ctrl-C or a scheduler's SIGTERM after saving a checkpoint.
+        click.echo(f"{exc}\ncontinue it with:\n  {resume_command(argv)}", err=True)
+        sys.exit(128 + signal_number)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except VlpipeError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
     except OSError as exc:
         # The machine said no (permissions, a read-only or full disk, a file where a folder should
         # be): the user's to fix, so one line naming the path. VLPIPE_DEBUG=1 shows the traceback.
@@ -89,6 +95,14 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     # Non-standalone click returns the exit code of `ctx.exit(n)`; commands themselves return None.
     sys.exit(rc if isinstance(rc, int) else 0)
+
+
+def resume_command(argv: list[str] | None) -> str:
+    """The command line that was run, with `--resume` added if it was not there."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--resume" not in args:
+        args.append("--resume")
+    return "vlpipe " + " ".join(shlex.quote(a) for a in args)
 
 
 def describe_os_error(exc: OSError) -> str:

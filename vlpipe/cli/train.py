@@ -35,7 +35,9 @@ def pretrain(config_file: str | None, **flags: Any) -> None:
     from vlpipe.train.pretrain import pretrain as run
 
     result = run(load_config(config_file, **flags))
-    click.echo(f"trained {result.steps} steps in {result.seconds:.0f} s -> {result.run_dir}")
+    done = result.steps - result.start_step
+    span = f" ({result.start_step} -> {result.steps})" if result.start_step else ""
+    click.echo(f"trained {done} steps{span} in {result.seconds:.0f} s -> {result.run_dir}")
     for name, value in result.val.items():
         click.echo(f"  val {name}: {value:.4f}" if name != "samples" else f"  val {name}: {int(value)}")
     if result.checkpoint is not None:

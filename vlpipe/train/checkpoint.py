@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import sys
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,9 @@ RUN_ENTRIES = frozenset({"config.json", "metrics.jsonl", "plots", CHECKPOINTS, "
 LATEST = "latest.json"
 # What `latest.json` may name: a sibling step directory, never a path that leaves `checkpoints/`.
 NAME_PATTERN = re.compile(r"step_\d+")
+# Seconds to sleep in the middle of writing a checkpoint: a test hook (tests/test_loop.py kills
+# the process then), never set in normal use.
+_PAUSE_FOR_TESTS = float(os.environ.get("VLPIPE_TEST_CHECKPOINT_PAUSE", "0") or 0)
 
 
 def checkpoint_name(step: int) -> str:
@@ -111,6 +115,8 @@ def save_checkpoint(
     tmp.mkdir(parents=True)
     try:
         save_model(model, str(tmp / "model.safetensors"))
+        if _PAUSE_FOR_TESTS:  # lets a test kill the process while a checkpoint is half written
+            time.sleep(_PAUSE_FOR_TESTS)
         for name, module in extra.items():
             save_model(module, str(tmp / f"{name}.safetensors"))
         opt_tensors, opt_meta = optimizer_state_to_files(optimizer)

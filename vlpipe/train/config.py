@@ -55,6 +55,9 @@ class RunSettings(Settings):
     device: str = setting("auto", "auto | cpu | cuda | cuda:N (under torchrun: auto picks this process's GPU).")
     eval_batch_size: int = setting(64, "Validation batch size.", ge=1)
     log_every: int = setting(10, "Log training metrics every N optimizer steps.", ge=1)
+    ckpt_minutes: float = setting(10.0, "Also checkpoint when this many minutes have passed since the last "
+                                  "checkpoint (checked at each logging step); 0 = only by steps.", ge=0,
+                                  allow_inf_nan=False)
     keep_checkpoints: int = setting(2, "Checkpoints kept on disk (the newest); 0 = all.", ge=0)
     resume: bool = setting(False, "Continue the run in --out from its latest checkpoint (same settings), exactly.",
                            negatable=False)

@@ -64,6 +64,15 @@ def any_true(flag: bool, info: DistInfo, device: torch.device) -> bool:
     return bool(value.item() > 0)
 
 
+def any_of(flags: list[bool], info: DistInfo, device: torch.device) -> list[bool]:
+    """`any_true` for several flags in one collective (logging boundaries agree on NaN, interrupt, time)."""
+    if not info.enabled:
+        return flags
+    values = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return [bool(v > 0) for v in values.tolist()]
+
+
 def shutdown(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()

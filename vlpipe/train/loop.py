@@ -16,6 +16,8 @@ checkpoint boundaries.
 from __future__ import annotations
 
 import contextlib
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -31,11 +33,41 @@ from vlpipe.cache.sampler import CacheSampler
 from vlpipe.errors import VlpipeError
 from vlpipe.train import checkpoint as ckpt
 from vlpipe.train.config import RunSettings
-from vlpipe.train.distributed import DistInfo, any_true, barrier
+from vlpipe.train.distributed import DistInfo, any_of, any_true, barrier
 from vlpipe.train.live import LiveView
 from vlpipe.train.metrics_log import Accumulator, MetricsWriter, json_number
 from vlpipe.train.schedule import WarmupCosine, warmup_steps_for
 from vlpipe.utils.atomic import write_json_atomic
+
+
+class Interrupted(VlpipeError):
+    """SIGINT or SIGTERM stopped a run, after it saved a checkpoint: `--resume` continues it exactly."""
+
+    def __init__(self, message: str, signal_number: int) -> None:
+        super().__init__(message)
+        self.signal_number = signal_number
+
+
+@contextlib.contextmanager
+def _signals_caught() -> Iterator[list[int]]:
+    """Collect SIGINT/SIGTERM (Ctrl-C, a scheduler's pre-emption) instead of dying mid-step; a second
+    signal stops at once. Only the main thread can install handlers; elsewhere nothing is caught."""
+    caught: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield caught
+        return
+
+    def handler(number: int, frame: Any) -> None:
+        if caught:
+            raise KeyboardInterrupt
+        caught.append(number)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield caught
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 class Cadence(NamedTuple):
@@ -165,6 +197,7 @@ class Loop:
         self.epoch = 0  # the epoch the next batch comes from
         self.stopped = False
         self.last_checkpoint: Path | None = None
+        self.last_save = time.monotonic()
         self.bad = torch.zeros((), dtype=torch.bool, device=device)  # loss, gradients went non-finite
         self._batches: Iterator[dict[str, torch.Tensor]] | None = None
 
@@ -177,6 +210,8 @@ class Loop:
     def _start(self) -> None:
         existing = ckpt.start_run_dir(self.run_dir, self.settings.resume, self.info.is_main)
         if existing is None:
+            if self.settings.resume and self.info.is_main:
+                print(f"no checkpoint in {self.run_dir}: starting fresh")
             return
         state = ckpt.load_checkpoint(existing, model=self.task.model, extra=self.task.checkpoint_modules(),
                                      optimizer=self.optimizer, device=self.device)
@@ -193,6 +228,8 @@ class Loop:
         except (KeyError, TypeError, ValueError) as exc:
             raise VlpipeError(f"{existing}/state.json: not a valid checkpoint (missing or bad {exc})") from None
         self.last_checkpoint = existing
+        if self.info.is_main:
+            print(f"resuming {self.run_dir} from step {self.step} of {self.cadence.total_steps}")
         if self.metrics is not None:
             self.metrics.truncate_after(self.step)
 
@@ -212,6 +249,7 @@ class Loop:
                 self.run_dir, self.step, model=self.task.model, extra=self.task.checkpoint_modules(),
                 optimizer=self.optimizer, state=state, config=self._full_config(),
                 keep_last=self.settings.keep_checkpoints)
+        self.last_save = time.monotonic()
         barrier(self.info)
 
     def _fail_nan(self) -> None:
@@ -227,45 +265,11 @@ class Loop:
         start_step = self.step
         if self.info.is_main:
             write_json_atomic(self.run_dir / "config.json", self._full_config())
-        total, every_eval, every_ckpt = self.cadence
-        live = LiveView(total, self.step, self.settings.live and self.info.is_main, title=self.task.title)
-        window = Accumulator()
-        val: dict[str, float] | None = None
-        last_train: dict[str, float] = {}
+        live = LiveView(self.cadence.total_steps, self.step, self.settings.live and self.info.is_main,
+                        title=self.task.title)
         try:
-            self.task.objective.train()
-            window_start, data_wait, window_samples = time.perf_counter(), 0.0, 0
-            while self.step < total and not self.stopped:
-                indices: list[torch.Tensor] = []
-                for _ in range(self.settings.grad_accum):
-                    wait_start = time.perf_counter()
-                    batch = self._next_batch()
-                    data_wait += time.perf_counter() - wait_start
-                    indices.append(batch["index"].clone())  # the loader reuses its buffers
-                    window.add(self._micro_step(batch, last=len(indices) == self.settings.grad_accum))
-                    window_samples += len(batch["index"]) * self.info.world_size
-                self._optimizer_step()
-                if self.on_step is not None:
-                    self.on_step(StepInfo(self.step, indices, self.task.model, self.info.rank, self.run_dir))
-                at_end = self.step == total
-                if self.step % self.settings.log_every == 0 or at_end:
-                    if any_true(bool(self.bad.item()), self.info, self.device):
-                        self._fail_nan()
-                    elapsed = max(time.perf_counter() - window_start, 1e-9)
-                    last_train = {**window.summary(all_ranks=True), "samples_per_s": window_samples / elapsed,
-                                  "data_wait": data_wait / elapsed}
-                    self._record("train", last_train, began)
-                    live.update(self.step, last_train)
-                    window.reset()
-                    window_start, data_wait, window_samples = time.perf_counter(), 0.0, 0
-                else:
-                    live.update(self.step)
-                if at_end or (every_eval and self.step % every_eval == 0):
-                    val = self._evaluate(live, began)
-                    self.stopped = any_true(self.info.is_main and self.task.after_eval(val, self.epoch),
-                                            self.info, self.device)
-                if at_end or self.stopped or (every_ckpt and self.step % every_ckpt == 0):
-                    self._save()
+            with _signals_caught() as caught:
+                val, last_train = self._train(live, began, caught)
             if val is None:  # a finished run resumed: its final numbers, already in metrics.jsonl
                 val = self._evaluate(live, began, record=False)
         finally:
@@ -280,6 +284,59 @@ class Loop:
             plot_run(self.run_dir)
         return LoopResult(self.run_dir, self.step, start_step, self.epoch, val, last_train, self.last_checkpoint,
                           time.perf_counter() - began, self.stopped)
+
+    def _train(self, live: LiveView, began: float, caught: list[int]) -> tuple[dict[str, float] | None, dict[str, float]]:
+        """Optimizer steps until the end, an early stop or a signal; returns the last evaluation and
+        the last logged training window."""
+        total, every_eval, every_ckpt = self.cadence
+        window = Accumulator()
+        val: dict[str, float] | None = None
+        last_train: dict[str, float] = {}
+        self.task.objective.train()
+        window_start, data_wait, window_samples = time.perf_counter(), 0.0, 0
+        while self.step < total and not self.stopped:
+            indices: list[torch.Tensor] = []
+            for _ in range(self.settings.grad_accum):
+                wait_start = time.perf_counter()
+                batch = self._next_batch()
+                data_wait += time.perf_counter() - wait_start
+                indices.append(batch["index"].clone())  # the loader reuses its buffers
+                window.add(self._micro_step(batch, last=len(indices) == self.settings.grad_accum))
+                window_samples += len(batch["index"]) * self.info.world_size
+            self._optimizer_step()
+            if self.on_step is not None:
+                self.on_step(StepInfo(self.step, indices, self.task.model, self.info.rank, self.run_dir))
+            at_end = self.step == total
+            interrupt = time_due = False
+            if self.step % self.settings.log_every == 0 or at_end:
+                # One collective for everything the ranks must agree on at a logging step.
+                overdue = self.settings.ckpt_minutes > 0 and \
+                    time.monotonic() - self.last_save >= 60 * self.settings.ckpt_minutes
+                bad, interrupt, time_due = any_of([bool(self.bad.item()), bool(caught), self.info.is_main and overdue],
+                                                  self.info, self.device)
+                if bad:
+                    self._fail_nan()
+                elapsed = max(time.perf_counter() - window_start, 1e-9)
+                last_train = {**window.summary(all_ranks=True), "samples_per_s": window_samples / elapsed,
+                              "data_wait": data_wait / elapsed}
+                self._record("train", last_train, began)
+                live.update(self.step, last_train)
+                window.reset()
+                window_start, data_wait, window_samples = time.perf_counter(), 0.0, 0
+            else:
+                live.update(self.step)
+                interrupt = bool(caught) and not self.info.enabled  # one process: stop at this step
+            if interrupt and not at_end:  # at the end the run finishes as usual
+                self._save()
+                raise Interrupted(f"interrupted at step {self.step} of {total}; saved {self.last_checkpoint}",
+                                  caught[0] if caught else signal.SIGINT)
+            if at_end or (every_eval and self.step % every_eval == 0):
+                val = self._evaluate(live, began)
+                self.stopped = any_true(self.info.is_main and self.task.after_eval(val, self.epoch),
+                                        self.info, self.device)
+            if at_end or self.stopped or time_due or (every_ckpt and self.step % every_ckpt == 0):
+                self._save()
+        return val, last_train
 
     def _next_batch(self) -> dict[str, torch.Tensor]:
         """The next micro-batch; an epoch ends after exactly `steps_per_epoch * grad_accum` of them."""
