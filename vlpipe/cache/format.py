@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from vlpipe.errors import VlpipeError
+from vlpipe.utils.names import shard_name as shard_name  # re-exported: the writer and tests import it here
 
 FORMAT_NAME = "vlpipe-cache"
 FORMAT_VERSION = 1
@@ -44,11 +45,6 @@ DEFAULT_MEAN = (0.48145466, 0.4578275, 0.40821073)
 DEFAULT_STD = (0.26862954, 0.26130258, 0.27577711)
 META_COLUMNS = ("key", "caption", "url", "width", "height", "sha256", "split")
 SPLITS = ("train", "val", "test")
-
-
-def shard_name(index: int) -> str:
-    """Shard directories are numbered with five digits so they sort in build order."""
-    return f"{index:05d}"
 
 
 def shard_dir(cache_dir: str | os.PathLike[str], name: str) -> Path:
