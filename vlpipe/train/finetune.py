@@ -30,7 +30,6 @@ from vlpipe.cache.sampler import CacheSampler
 from vlpipe.errors import VlpipeError
 from vlpipe.model import ModelConfig, build_model, make_config
 from vlpipe.train import checkpoint as ckpt
-from vlpipe.train.classification_metrics import best_threshold, classification_metrics
 from vlpipe.train.classifier import (
     FUSIONS,
     TASKS,
@@ -48,6 +47,7 @@ from vlpipe.train.metrics import MetricsWriter
 from vlpipe.train.model_setup import cache_geometry, make_loader, make_optimizer, precision_context
 from vlpipe.train.report import SUMMARY_FILE, json_number, summarize
 from vlpipe.train.schedule import WarmupCosine, warmup_steps_for
+from vlpipe.train.scores import best_threshold, classification_metrics
 from vlpipe.utils.atomic import atomic_path, write_json_atomic
 
 RESULT_FILE = "result.json"
