@@ -54,8 +54,8 @@ def _downloader(which: str, out: Path, final: Path, images: int) -> Downloader:
         resizer = Resizer(image_size=256, resize_mode="keep_ratio", resize_only_if_bigger=True)
         return Downloader(resizer=resizer, extract_exif=True, **common)
     from vlpipe.fetch.download import VerifyingDownloader
+    from vlpipe.fetch.normalize import VerifyConfig
     from vlpipe.fetch.safety import UrlPolicy
-    from vlpipe.fetch.verify import VerifyConfig
 
     return VerifyingDownloader(policy=UrlPolicy(allow_private_network=True), verify=VerifyConfig(),
                                final_dir=str(final), resizer=None, extract_exif=False, **common)
@@ -91,7 +91,7 @@ def shard_cpu(which: str, base_url: str, images: int, profile: bool) -> None:
 
 
 def per_image_steps() -> None:
-    from vlpipe.fetch.verify import VerifyConfig, normalize
+    from vlpipe.fetch.normalize import VerifyConfig, normalize
 
     data = make_photos()[3]
     img = Image.open(io.BytesIO(data))

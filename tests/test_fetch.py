@@ -21,7 +21,7 @@ from imageserver import CASES, ImageServer, assert_kept_image
 
 from vlpipe.cli.fetch import fetch
 from vlpipe.errors import VlpipeError
-from vlpipe.fetch.report import fetch_report
+from vlpipe.fetch.tally import fetch_report
 
 # Small everything: one process, small shards. The trickling case costs the 4 s deadline; the
 # socket timeout is longer than that, so only the overall deadline can stop it.
@@ -203,10 +203,11 @@ def test_output_feeds_build_cache(fetched: tuple[Path, dict], tmp_path: Path) ->
 
 
 def test_staging_recovery_after_kill(tmp_path: Path) -> None:
-    from test_fetch_verify import stage_shard
+    from test_fetch_publish import stage_shard
 
+    from vlpipe.fetch.normalize import VerifyConfig
     from vlpipe.fetch.pipeline import _finalize_staged
-    from vlpipe.fetch.verify import VerifyConfig, done_path
+    from vlpipe.fetch.publish import done_path
 
     staging, out = tmp_path / "staging", tmp_path / "out"
     with ImageServer() as srv:
@@ -227,8 +228,9 @@ def test_staging_left_by_img2dataset_writer_is_downloaded_again(tmp_path: Path) 
     # published as is, img2dataset's done marker goes so that the shard is downloaded again.
     import pyarrow as pa
 
+    from vlpipe.fetch.normalize import VerifyConfig
     from vlpipe.fetch.pipeline import _finalize_staged
-    from vlpipe.fetch.verify import VerifyConfig, done_path
+    from vlpipe.fetch.publish import done_path
 
     staging, out = tmp_path / "staging", tmp_path / "out"
     staging.mkdir()

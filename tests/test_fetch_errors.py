@@ -15,7 +15,7 @@ from imageserver import ImageServer
 
 from vlpipe.cli.main import main
 from vlpipe.errors import VlpipeError
-from vlpipe.fetch.sources import select_rows
+from vlpipe.fetch.url_lists import select_rows
 
 # A well-formed list whose URLs are never contacted (every case fails before downloading).
 GOOD_ROWS = "a red square\thttp://127.0.0.1:9/a.jpg\nblue\thttp://127.0.0.1:9/b.jpg\n"
@@ -71,7 +71,7 @@ def server() -> Iterator[ImageServer]:
         ("--max-aspect", "nan", "must be a ratio >= 1"),
         ("--max-pixels", "0", "must be a whole number >= 1"),
         ("--max-bytes", "-1", "must be a whole number >= 1"),
-        ("--image-size", "-1", "or 0 to keep the original size"),
+        ("--shorter-side", "-1", "or 0 to keep the original size"),
     ],
 )
 def test_bad_option_values_are_refused_before_anything_runs(
@@ -99,7 +99,7 @@ def test_cc_options_are_checked_before_the_list_download(
 def test_option_zero_values_that_mean_something_are_accepted() -> None:
     from vlpipe.fetch import FetchConfig, VerifyConfig
 
-    assert FetchConfig(verify=VerifyConfig(min_side=0, image_size=0, max_aspect=1.0)).validate() is None
+    assert FetchConfig(verify=VerifyConfig(min_side=0, shorter_side=0, max_aspect=1.0)).validate() is None
     assert FetchConfig(subset="5k", verify=VerifyConfig(max_aspect=float("inf"))).validate() == 5000
 
 
@@ -226,7 +226,7 @@ def test_damaged_fetch_record_is_refused(
 def test_started_fetch_without_record_is_refused(
     good_list: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from vlpipe.fetch.sources import write_parquet
+    from vlpipe.fetch.url_lists import write_parquet
 
     out = tmp_path / "out"
     write_parquet(select_rows(good_list, None).rows, out / "vlpipe_input.parquet")

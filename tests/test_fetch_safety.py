@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import time
 import urllib.error
@@ -88,6 +89,49 @@ def test_redirect_to_private_host_refused(monkeypatch: pytest.MonkeyPatch) -> No
             build_opener(UrlPolicy()).open(server.base + "/metadata-redirect", timeout=2)
         assert reason_of(info.value) == "private_address"
         assert server.requests == ["/metadata-redirect"]
+
+
+def test_dns_rebinding_cannot_redirect_the_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A rebinding name answers a public address to the check, then 127.0.0.1 to any later lookup.
+    # The guard must connect to the address it checked, so the listener on 127.0.0.1, where a
+    # second lookup would lead, must never see a connection. No packet leaves the machine: the
+    # "public" address is TEST-NET-1 (routed nowhere), counted as public for this test only, and
+    # the connection to it is refused in this process before any packet is sent.
+    host, public = "rebind.invalid", "192.0.2.10"
+    real_getaddrinfo, real_is_public = socket.getaddrinfo, safety.is_public_address
+    answers: list[str] = []
+    attempted: list[str] = []
+
+    def rebinding_getaddrinfo(name: str, *args: object, **kwargs: object) -> list:
+        if name != host:
+            return real_getaddrinfo(name, *args, **kwargs)
+        answers.append("127.0.0.1" if answers else public)
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (answers[-1], port))]
+
+    class RecordingSocket(socket.socket):
+        def connect(self, address: tuple) -> None:  # type: ignore[override]
+            attempted.append(address[0])
+            if address[0] == public:
+                raise ConnectionRefusedError(f"test: no traffic to {public}")
+            super().connect(address)
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        monkeypatch.setattr(socket, "getaddrinfo", rebinding_getaddrinfo)
+        monkeypatch.setattr(socket, "socket", RecordingSocket)
+        monkeypatch.setattr(safety, "is_public_address", lambda address: address == public or real_is_public(address))
+        with pytest.raises(OSError) as info:
+            build_opener(UrlPolicy()).open(f"http://{host}:{port}/img/jpeg", timeout=2)
+        monkeypatch.undo()
+        listener.settimeout(0.5)  # loopback connects complete at once: anything made is queued by now
+        try:
+            listener.accept()[0].close()
+            rebound = True
+        except TimeoutError:
+            rebound = False
+    assert not rebound, "the guard looked the name up again and connected to 127.0.0.1"
+    assert (answers, attempted) == ([public], [public])  # resolved once, connected to the checked address
+    assert isinstance(info.value, urllib.error.URLError) and isinstance(info.value.reason, ConnectionRefusedError)
 
 
 def test_other_schemes_refused() -> None:

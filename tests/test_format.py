@@ -18,11 +18,11 @@ from vlpipe.cache.format import (
     TextSpec,
     load_manifest,
     shard_file_relpath,
-    shard_name,
     split_of,
     token_dtype,
 )
 from vlpipe.errors import VlpipeError
+from vlpipe.utils.names import shard_name
 
 
 def make_manifest(num_shards: int = 2, per_shard: int = 3) -> Manifest:

@@ -44,11 +44,6 @@ META_COLUMNS = ("key", "caption", "url", "width", "height", "sha256", "split")
 SPLITS = ("train", "val", "test")
 
 
-def shard_name(index: int) -> str:
-    """Shard directories are numbered with five digits so they sort in build order."""
-    return f"{index:05d}"
-
-
 def shard_dir(cache_dir: str | os.PathLike[str], name: str) -> Path:
     return Path(cache_dir) / SHARDS_DIR / name
 

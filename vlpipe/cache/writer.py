@@ -44,7 +44,6 @@ from vlpipe.cache.format import (
     ShardEntry,
     TextSpec,
     load_manifest,
-    shard_name,
 )
 from vlpipe.cache.shard import SKIP_FIELDS, ShardTask, build_shard, read_done
 from vlpipe.errors import VlpipeError
@@ -52,6 +51,7 @@ from vlpipe.ingest import Source, iter_captions, open_source
 from vlpipe.text import TextTokenizer, load_tokenizer
 from vlpipe.text.specs import _wordpiece_size
 from vlpipe.utils.atomic import TMP_PREFIX, atomic_path, sha256_file, write_json_atomic
+from vlpipe.utils.names import shard_name
 
 # Written when a build starts; lets a rerun check it resumes the same build (same source, options).
 BUILD_RECORD = "build.json"

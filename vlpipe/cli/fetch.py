@@ -10,10 +10,10 @@ from typing import Any
 
 import click
 
-from vlpipe.fetch.report import fetch_report, format_report
+from vlpipe.fetch.normalize import VerifyConfig
 from vlpipe.fetch.safety import UrlPolicy
-from vlpipe.fetch.sources import DEFAULT_DOWNLOAD_DIR
-from vlpipe.fetch.verify import VerifyConfig
+from vlpipe.fetch.tally import fetch_report, format_report
+from vlpipe.fetch.url_lists import DEFAULT_DOWNLOAD_DIR
 
 _VERIFY = VerifyConfig()
 _POLICY = UrlPolicy()
@@ -48,7 +48,7 @@ def _fetch_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="Drop images with more pixels, checked before decoding (too_large)."),
         click.option("--max-bytes", default=_POLICY.max_bytes, show_default=True,
                      help="Stop downloading a response after this many bytes (too_large)."),
-        click.option("--image-size", default=_VERIFY.image_size, show_default=True,
+        click.option("--shorter-side", default=_VERIFY.shorter_side, show_default=True,
                      help="Kept images are stored with their shorter side at most this (0 = original size)."),
         click.option("--allow-private-network", is_flag=True,
                      help="Allow URLs on loopback/private/link-local hosts (tests, intranets)."),
@@ -67,7 +67,7 @@ def _config(opts: dict[str, Any]) -> Any:
     return FetchConfig(
         subset=opts["subset"], sample=opts["sample"], seed=opts["seed"], shard_size=opts["shard_size"],
         verify=VerifyConfig(min_side=opts["min_side"], max_aspect=opts["max_aspect"],
-                            max_pixels=opts["max_pixels"], image_size=opts["image_size"]),
+                            max_pixels=opts["max_pixels"], shorter_side=opts["shorter_side"]),
         policy=UrlPolicy(allow_private_network=opts["allow_private_network"], deadline_s=opts["deadline"],
                          max_bytes=opts["max_bytes"]),
         download=DownloadConfig(processes=opts["processes"], threads=opts["threads"], timeout=opts["timeout"],

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from vlpipe.fetch.report import fetch_report, format_report
+from vlpipe.fetch.normalize import VerifyConfig
 from vlpipe.fetch.safety import UrlPolicy
-from vlpipe.fetch.sources import parse_subset
-from vlpipe.fetch.verify import VerifyConfig
+from vlpipe.fetch.tally import fetch_report, format_report
+from vlpipe.fetch.url_lists import parse_subset
 
 if TYPE_CHECKING:
     from vlpipe.fetch.download import DownloadConfig

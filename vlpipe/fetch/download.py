@@ -4,10 +4,11 @@ img2dataset's `download()` has no hook for how a URL is fetched, how an image is
 what happens after a shard is written, so for the duration of the call we swap the `Downloader`
 class it instantiates for a subclass. The subclass is pickled into every download process
 (multiprocessing, Spark or Ray workers alike), where it (1) installs the guarded urllib opener
-from `safety.py`, (2) replaces img2dataset's resizer with `verify.Normalizer`, which runs on each
-image as it arrives, overlapped with the other downloads, (3) replaces its webdataset writer with
-`shardwriter.StagedShardWriter`, which stages each tar already sorted and in its final form, and
-(4) publishes each shard with its drop records right after img2dataset finished it.
+from `safety.py`, (2) replaces img2dataset's resizer with `normalize.Normalizer`, which runs on
+each image as it arrives, overlapped with the other downloads, (3) replaces its webdataset writer
+with `shardwriter.StagedShardWriter`, which stages each tar already sorted and in its final form,
+and (4) publishes each shard with its drop records (`publish.finalize_shard`) right after
+img2dataset finished it.
 
 Multiprocessing note: img2dataset uses the "spawn" start method, which re-imports the caller's
 main module in every worker. The `vlpipe` command and pytest are safe; a script calling
@@ -32,9 +33,10 @@ import cv2  # noqa: E402
 from img2dataset.downloader import Downloader  # noqa: E402
 
 from vlpipe.errors import VlpipeError  # noqa: E402
+from vlpipe.fetch.normalize import Normalizer, VerifyConfig  # noqa: E402
+from vlpipe.fetch.publish import finalize_shard  # noqa: E402
 from vlpipe.fetch.safety import UrlPolicy, install_guard  # noqa: E402
 from vlpipe.fetch.shardwriter import StagedShardWriter  # noqa: E402
-from vlpipe.fetch.verify import Normalizer, VerifyConfig, finalize_shard  # noqa: E402
 
 # The package re-exports a function named `main`, shadowing the submodule as an attribute.
 i2d_main = importlib.import_module("img2dataset.main")

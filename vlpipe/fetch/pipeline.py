@@ -32,7 +32,11 @@ from rich.progress import Progress
 
 from vlpipe.errors import VlpipeError
 from vlpipe.fetch.download import DownloadConfig, check_distributor, run_img2dataset
-from vlpipe.fetch.report import (
+from vlpipe.fetch.normalize import VerifyConfig
+from vlpipe.fetch.publish import done_path, finalize_shard
+from vlpipe.fetch.safety import UrlPolicy
+from vlpipe.fetch.shardwriter import written_by_us
+from vlpipe.fetch.tally import (
     CONFIG_FILE,
     INPUT_FILE,
     SELECTION_DROPS_FILE,
@@ -40,9 +44,7 @@ from vlpipe.fetch.report import (
     input_rows,
     load_record,
 )
-from vlpipe.fetch.safety import UrlPolicy
-from vlpipe.fetch.shardwriter import written_by_us
-from vlpipe.fetch.sources import (
+from vlpipe.fetch.url_lists import (
     CC_FILENAMES,
     CC_URLS,
     DEFAULT_DOWNLOAD_DIR,
@@ -53,8 +55,8 @@ from vlpipe.fetch.sources import (
     select_rows,
     write_parquet,
 )
-from vlpipe.fetch.verify import VerifyConfig, done_path, finalize_shard
 from vlpipe.utils.atomic import TMP_PREFIX, write_json_atomic
+from vlpipe.utils.names import shard_name
 from vlpipe.utils.typecheck import matches
 
 STAGING_DIR = "vlpipe_staging"
@@ -95,7 +97,7 @@ class FetchConfig:
             ("--max-aspect", v.max_aspect, matches(v.max_aspect, float) and v.max_aspect >= 1,
              "must be a ratio >= 1 (longer side / shorter side)"),
             ("--max-pixels", v.max_pixels, _is_int(v.max_pixels, 1), at_least_1),
-            ("--image-size", v.image_size, _is_int(v.image_size, 0),
+            ("--shorter-side", v.shorter_side, _is_int(v.shorter_side, 0),
              "must be a side in pixels >= 1, or 0 to keep the original size"),
             ("jpeg_quality", v.jpeg_quality, _is_int(v.jpeg_quality, 1) and v.jpeg_quality <= 100,
              "must be a whole number from 1 to 100"),
@@ -193,7 +195,7 @@ def fetch_tsv(
     missing = _missing_shards(out, num_shards)
     if missing:
         raise VlpipeError(
-            f"{len(missing)} of {num_shards} shards in {out} did not finish (e.g. shard {missing[0]:05d}); "
+            f"{len(missing)} of {num_shards} shards in {out} did not finish (e.g. shard {shard_name(missing[0])}); "
             "rerun the same command to retry them"
         )
     report = fetch_report(out)
@@ -273,7 +275,7 @@ def _finalize_staged(staging: Path, out: Path, num_shards: int, cfg: VerifyConfi
     behind by a kill after the done record are removed.
     """
     for shard_id in range(num_shards):
-        name = f"{shard_id:05d}"
+        name = shard_name(shard_id)
         raw = [staging / f"{name}{suffix}" for suffix in (".tar", ".parquet", "_stats.json")]
         if done_path(out, shard_id).exists():
             for path in raw[:2]:

@@ -15,7 +15,7 @@ a urllib opener whose connections:
   response waiting), nothing is waited for, and twice the deadline ends the download regardless.
 
 Refusals are raised as `PolicyError` whose message starts with `vlpipe:<reason>`, which survives
-img2dataset's `str(err)` error recording and is mapped back to a drop reason by `verify.py`.
+img2dataset's `str(err)` error recording and is mapped back to a drop reason by `publish.py`.
 """
 
 from __future__ import annotations

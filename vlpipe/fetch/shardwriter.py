@@ -6,7 +6,7 @@ per image on the 2-core benchmark box, a tenth of the whole per-image cost. `Sta
 takes the place of that writer in the download process (same constructor, `write` and `close`):
 kept image bytes are appended to a spool file as they arrive (memory stays flat whatever the
 shard size), and `close` writes the staged tar once, sorted, with the final KEY.jpg / KEY.txt /
-KEY.json members, plus the staged parquet of every attempted sample. `verify.finalize_shard`
+KEY.json members, plus the staged parquet of every attempted sample. `publish.finalize_shard`
 then publishes the tar without reading it.
 
 Crash safety is unchanged: img2dataset writes the shard's `_stats.json` only after `close`

@@ -26,7 +26,6 @@ from vlpipe.cache.reader import CacheDataset
 from vlpipe.errors import VlpipeError
 from vlpipe.model import build_model
 from vlpipe.train import checkpoint as ckpt
-from vlpipe.train.classification_metrics import best_threshold, classification_metrics
 from vlpipe.train.classifier import (
     Classifier,
     label_weights,
@@ -42,6 +41,7 @@ from vlpipe.train.loop import Cadence, Loop, LoopResult, StepInfo, precision_con
 from vlpipe.train.metrics_log import json_number
 from vlpipe.train.model_setup import model_config_for_finetune
 from vlpipe.train.schedule import warmup_steps_for
+from vlpipe.train.scores import best_threshold, classification_metrics
 from vlpipe.utils.atomic import atomic_path, write_json_atomic
 
 RESULT_FILE = "result.json"

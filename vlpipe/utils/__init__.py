@@ -1,1 +1,1 @@
-"""Small helpers shared by every stage (atomic file writes, hashing)."""
+"""Small helpers shared by every stage (atomic file writes, hashing, shared names)."""

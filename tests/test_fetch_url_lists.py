@@ -8,7 +8,7 @@ import pytest
 from imageserver import ImageServer
 
 from vlpipe.errors import VlpipeError
-from vlpipe.fetch.sources import detect_columns, download_file, parse_subset, resolve_list, select_rows
+from vlpipe.fetch.url_lists import detect_columns, download_file, parse_subset, resolve_list, select_rows
 
 
 @pytest.mark.parametrize(

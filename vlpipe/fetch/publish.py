@@ -1,15 +1,10 @@
-"""Check and normalize every downloaded image, then seal each shard with one drop record per drop.
+"""Seal each staged shard: publish it into the output folder with one drop record per drop.
 
-Two steps, both run in img2dataset's worker processes:
-
-1. `Normalizer` takes the place of img2dataset's resizer, so it runs on each image as it arrives,
-   overlapped with the downloads of the other threads, exactly where img2dataset would decode.
-   It decodes with `vlpipe.imaging.load_rgb` (EXIF, 16-bit, CMYK, alpha ... done right), checks
-   size/aspect/area and returns an upright RGB JPEG whose shorter side is at most `image_size`;
-   a rejected image becomes img2dataset's "failed_to_resize" with a `vlpipe:<reason>` message.
-2. `finalize_shard` turns img2dataset's staged shard into the published one: the tar, which
-   `shardwriter.StagedShardWriter` already wrote sorted by key, is linked into place unread;
-   every failure is mapped to a short reason and written as a drop record.
+`finalize_shard` turns img2dataset's staged shard into the published one, in the download
+process right after img2dataset finished it (or on a rerun, for a shard staged before a kill):
+the tar, which `shardwriter.StagedShardWriter` already wrote sorted by key, is linked into place
+unread, and every failure, a download error or a `normalize.Normalizer` rejection, is mapped to
+a short reason and written as a drop record.
 
 Crash safety: every published file is written under a temporary name and renamed; the
 `vlpipe_NNNNN_done.json` record is written last, and the staged files are deleted only after it,
@@ -18,39 +13,24 @@ so a killed run can always redo an unfinished shard from what is staged.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
 import shutil
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vlpipe.fetch.normalize import VerifyConfig
 from vlpipe.fetch.safety import REASON_PREFIX
 from vlpipe.fetch.shardwriter import sample_record
-from vlpipe.imaging import ImageError, check_geometry, load_rgb, resize_shorter
 from vlpipe.utils.atomic import atomic_path, write_json_atomic
-
-
-@dataclass(frozen=True)
-class VerifyConfig:
-    """What counts as a correct image and how kept images are stored."""
-
-    min_side: int = 64  # smaller images only become blur once upscaled for a 224 px model
-    max_aspect: float = 3.0  # wider strips lose most of their content to a square center crop
-    max_pixels: int = 40_000_000  # checked from the header before decoding (decompression bombs)
-    image_size: int = 256  # kept images: shorter side resized down to this (0 = keep original size)
-    jpeg_quality: int = 95
-
-
-def shard_name(shard_id: int) -> str:
-    return f"{shard_id:05d}"
+from vlpipe.utils.names import shard_name
 
 
 def done_path(out: Path, shard_id: int) -> Path:
@@ -93,43 +73,6 @@ def map_error(message: str) -> str:
         if needle.lower() in message.lower():
             return reason
     return "download_error"
-
-
-def normalize(data: bytes, cfg: VerifyConfig) -> tuple[bytes, dict[str, int]]:
-    """Decode, check and re-encode one image; raises ImageError with the drop reason."""
-    img = load_rgb(data, max_pixels=cfg.max_pixels, draft_size=cfg.image_size or None)
-    width, height = img.info["original_size"]
-    reason = check_geometry(
-        width, height, min_side=cfg.min_side, max_aspect=cfg.max_aspect, max_pixels=cfg.max_pixels
-    )
-    if reason:
-        raise ImageError(reason, f"{width}x{height}")
-    if cfg.image_size and min(img.size) > cfg.image_size:
-        img = resize_shorter(img, cfg.image_size)
-    buffer = io.BytesIO()
-    img.save(buffer, format="JPEG", quality=cfg.jpeg_quality)
-    sizes = {"width": img.size[0], "height": img.size[1], "original_width": width, "original_height": height}
-    return buffer.getvalue(), sizes
-
-
-class Normalizer:
-    """A drop-in for img2dataset's `Resizer`: same call, same 6-tuple result, never raises.
-
-    It must not raise: img2dataset skips a sample whose resizer raised without writing any
-    record of it, which would be a silent drop.
-    """
-
-    def __init__(self, cfg: VerifyConfig) -> None:
-        self.cfg = cfg
-
-    def __call__(self, img_stream: io.BytesIO, blurring_bbox_list: Any = None) -> tuple[Any, ...]:
-        try:
-            data, sizes = normalize(img_stream.read(), self.cfg)
-        except ImageError as exc:
-            return None, None, None, None, None, f"{REASON_PREFIX}{exc.reason} {exc.detail}"
-        except Exception as exc:  # noqa: BLE001 - any decoder failure is a property of the image
-            return None, None, None, None, None, f"{REASON_PREFIX}undecodable {type(exc).__name__}: {exc}"
-        return data, sizes["width"], sizes["height"], sizes["original_width"], sizes["original_height"], None
 
 
 def finalize_shard(
