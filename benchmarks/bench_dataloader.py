@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     from rich.console import Console
 
     from vlpipe.bench import bench_dataloader
-    from vlpipe.bench.report import render, to_json
+    from vlpipe.bench.table import render, to_json
     from vlpipe.cache.writer import build_cache
 
     console = Console(stderr=True)

@@ -21,10 +21,10 @@ from rich.console import Console
 from tokenizers import Tokenizer
 
 from vlpipe.bench import bench_dataloader
+from vlpipe.bench.jpeg_files import prepare_source
 from vlpipe.bench.pipelines import SeedDataset, SeedTransform
-from vlpipe.bench.report import render
-from vlpipe.bench.sources import prepare_source
 from vlpipe.bench.system import drop_page_cache
+from vlpipe.bench.table import render
 from vlpipe.cache.format import DEFAULT_MEAN, DEFAULT_STD, load_manifest
 from vlpipe.cache.writer import build_cache
 from vlpipe.cli.bench import dataloader

@@ -15,6 +15,7 @@ from typing import Any
 
 from vlpipe.bench import VLPIPE_MODES
 from vlpipe.bench.ceiling import measure_ceiling
+from vlpipe.bench.jpeg_files import DEFAULT_MAX_SOURCE_SAMPLES, prepare_source
 from vlpipe.bench.measure import RoundResult, run_round
 from vlpipe.bench.pipelines import (
     Pipeline,
@@ -23,7 +24,6 @@ from vlpipe.bench.pipelines import (
     vlpipe_pipeline,
     webdataset_pipeline,
 )
-from vlpipe.bench.sources import DEFAULT_MAX_SOURCE_SAMPLES, prepare_source
 from vlpipe.bench.system import DROP_CACHES_FILE, drop_page_cache, machine_info, usable_cpus, warm_files
 from vlpipe.cache.format import load_manifest
 from vlpipe.errors import VlpipeError

@@ -31,7 +31,7 @@ from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torchvision import transforms
 
-from vlpipe.bench.sources import JpegSource
+from vlpipe.bench.jpeg_files import JpegSource
 from vlpipe.cache.format import Manifest
 
 Batch = dict[str, torch.Tensor]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from vlpipe.bench import VLPIPE_MODES
-from vlpipe.bench.sources import DEFAULT_MAX_SOURCE_SAMPLES
+from vlpipe.bench.jpeg_files import DEFAULT_MAX_SOURCE_SAMPLES
 
 
 @click.group()
@@ -46,7 +46,7 @@ def dataloader(cache: str, source: str | None, batch_size: int, workers: int | N
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from vlpipe.bench.dataloader import bench_dataloader
-    from vlpipe.bench.report import render, to_json
+    from vlpipe.bench.table import render, to_json
 
     # Progress goes to stderr so that `--json > out.json` stays one clean JSON object.
     err = Console(stderr=True)
