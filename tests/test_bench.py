@@ -15,6 +15,7 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import torch
 from click.testing import CliRunner
@@ -25,7 +26,7 @@ from tokenizers import Tokenizer
 from vlpipe.bench import BASELINE, BASELINES, bench_dataloader
 from vlpipe.bench.jpeg_files import prepare_source
 from vlpipe.bench.pipelines import SEED_MAX_LEN, JpegDataset, JpegTransform
-from vlpipe.bench.system import drop_page_cache
+from vlpipe.bench.system import HostLoad, drop_page_cache, script_record
 from vlpipe.bench.table import FIGURE_WIDTH, figure, render
 from vlpipe.cache.format import DEFAULT_MEAN, DEFAULT_STD, load_manifest
 from vlpipe.cache.writer import build_cache
@@ -128,6 +129,18 @@ def test_drop_page_cache_reports_when_not_permitted(tmp_path: Path) -> None:
     dropped, note = drop_page_cache(str(tmp_path))
     assert not dropped
     assert "could not drop the page cache" in note and str(tmp_path) in note
+
+
+def test_script_record_summarizes_rounds_and_says_what_ran_under_which_load() -> None:
+    host = HostLoad()
+    sum(i * i for i in range(200_000))  # some CPU of our own, which the host load leaves out
+    record = script_record("benchmarks/bench_x.py", ["--cache", "/tmp/a b"], "2026-12-05 09:00 UTC", {"cpu": "x"},
+                           host, {"rounds": 3}, {"row": [3.0, 1.0, 2.5]})
+    assert record["command"] == "python benchmarks/bench_x.py --cache '/tmp/a b'"
+    assert record["started"] == "2026-12-05 09:00 UTC" and record["finished"].endswith(" UTC")
+    assert record["results"] == {"row": {"median": 2.5, "min": 1.0, "max": 3.0, "rounds": [3.0, 1.0, 2.5]}}
+    assert 0 <= record["other_load_cores"] <= psutil.cpu_count()
+    assert json.loads(json.dumps(record)) == record
 
 
 def _check_report(report: dict, pipelines: set[str], ceilings: set[str]) -> None:

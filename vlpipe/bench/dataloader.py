@@ -126,7 +126,7 @@ def bench_dataloader(
         # The same gathers, each batch copied once more as the consumer copies every pipeline's
         # batches: the most any pipeline can deliver through this benchmark on this machine.
         "ceiling_with_consumer_copy": _ceiling_summary(ceilings, "copy bound"),
-        # The gather the anchor figures (and the targets) were measured with: a reference
+        # The gather the anchor figures were measured with: a reference
         # beside the ceiling, not a bound (see vlpipe.bench.ceiling).
         "np_take_ceiling": _ceiling_summary(ceilings, "np.take"),
         "settings": asdict(settings),
