@@ -147,7 +147,7 @@ def _markdown(report: dict, command: str, started: str, finished: str) -> str:
         *(f"- `{r['pipeline']}`: {r['description']}" for r in report["results"]), "",
         f"Random-gather ceiling (same run): **{report['ceiling_samples_per_s']:,.0f} samples/s** ({ceilings}).", "",
         f"Copy bound (the ceiling's gathers plus the consumer's copy every row pays, same run): {bounds}.", "",
-        f"np.take gathers (the method of the anchor figures the targets were set against; a reference, "
+        f"np.take gathers (the method of the team's anchor figures, benchmarks/results/anchors; a reference, "
         f"not a bound, same run): {takes}.", "",
     ])
 

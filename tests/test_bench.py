@@ -23,7 +23,7 @@ from PIL import Image
 from rich.console import Console
 from tokenizers import Tokenizer
 
-from vlpipe.bench import BASELINE, BASELINES, bench_dataloader
+from vlpipe.bench import BASELINE, BASELINES, VLPIPE_MODES, bench_dataloader
 from vlpipe.bench.jpeg_files import prepare_source
 from vlpipe.bench.pipelines import SEED_MAX_LEN, JpegDataset, JpegTransform
 from vlpipe.bench.system import HostLoad, drop_page_cache, script_record
@@ -195,7 +195,7 @@ def test_bench_dataloader_short_run_reports_every_pipeline(tiny: tuple[Path, Pat
     steps: list[str] = []
     report = bench_dataloader(cache, source=raw, batch_size=4, workers=2, seconds=0.2, rounds=2,
                               progress=lambda done, total, label: steps.append(label))
-    rows = {"vlpipe-inline", "vlpipe-threads", "vlpipe-processes", *BASELINES}
+    rows = {*(f"vlpipe-{mode}" for mode in VLPIPE_MODES), *BASELINES}
     _check_report(report, rows, {"1_process", "2_processes"})
     # Interleaved: the 6 gather-only series (ceiling, copy bound, np.take; 1 and 2 processes each),
     # then every pipeline, once per round.

@@ -10,6 +10,7 @@ __all__ = ["BASELINE", "BASELINES", "VLPIPE_MODES", "bench_dataloader"]
 
 # The reader modes benchmarked by default; kept here so the CLI can show them without importing torch.
 VLPIPE_MODES = ("inline", "threads", "processes")
+
 # The JPEG-decoding rows (vlpipe.bench.pipelines), and the like-for-like one every ratio is taken
 # against: it delivers what vlpipe delivers (uint8 pixels + token ids) and normalizes nothing on the CPU.
 BASELINE = "torchvision-uint8"
