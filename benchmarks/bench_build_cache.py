@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_build_cache.py [--samples 4000] [--rounds 3]
 
-Target (issue 2): build-cache >= 80% of bare PIL decode + resize throughput per core, scaling
+Target: build-cache >= 80% of bare PIL decode + resize throughput per core, scaling
 with --processes. The baseline is the least any cache builder must do per image: read the JPEG
 bytes from the tar, `Image.open(...).convert("RGB")`, resize the shorter side and center-crop to
 224 with the same `vlpipe.imaging.resize_center_crop` (one process). vlpipe's build adds

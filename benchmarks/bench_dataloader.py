@@ -9,7 +9,7 @@ JPEG quality 95, even keys "keep_ratio" (shorter side 256, aspect 2:3 to 1.85:1)
 "border" (256x256 with black padding), content cut from the photos bundled with scikit-image plus
 gradients, shapes and mild noise, captions of 8-20 words. Then it builds the cache (224 px, patch
 16, max_len 64), runs the benchmark and writes `dataloader.json` and `dataloader.md` (the table,
-the machine and the exact command) into --out. Data and cache are kept in --work and reused.
+the machine, the date and the exact command) into --out. Data and cache are kept in --work and reused.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import shlex
 import sys
 import tarfile
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -100,11 +101,13 @@ def make_shards(out: Path, samples: int, seed: int = 0) -> None:
         tmp.replace(path)  # a half-written shard never looks complete on a rerun
 
 
-def _markdown(report: dict, command: str) -> str:
+def _markdown(report: dict, command: str, started: str, finished: str) -> str:
+    from vlpipe.bench import BASELINE
+
     machine = report["machine"]
     lines = [
-        "| pipeline | workers | samples/s [min-max] | read MB/s | CPU cores | peak RSS MB | PSS MB | x seed | % of ceiling "
-        "| % of copy bound | % of np.take | other load |",
+        "| pipeline | workers | samples/s [min-max] | read MB/s | CPU cores | peak RSS MB | PSS MB | x baseline "
+        "| % of ceiling | % of copy bound | % of np.take | other load |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["results"]:
@@ -120,9 +123,19 @@ def _markdown(report: dict, command: str) -> str:
                   for k, v in machine[key].items())
         for key in ("ceiling", "ceiling_with_consumer_copy", "np_take_ceiling"))
     versions = ", ".join(f"{k} {v}" for k, v in machine["versions"].items() if v)
+    settings = machine["settings"]
+    other = [r["other_load_cores"] for r in report["results"]]
+    skipped = "".join(f" {name} not run: {reason}." for name, reason in machine["skipped"].items())
     return "\n".join([
         "## Dataloader benchmark", "",
-        f"Command: `{command}`", "",
+        f"Command: `{command}`, {started} to {finished}.", "",
+        f"Settings: batch {settings['batch_size']}, {settings['workers']} worker(s), {settings['rounds']} interleaved "
+        f"round(s) x {settings['seconds']} s, modes {', '.join(settings['modes'])}. `x baseline` is samples/s over "
+        f"the like-for-like baseline's ({BASELINE}).{skipped}",
+        "",
+        f"Host load: the other processes on the machine used {min(other):.2f}-{max(other):.2f} CPU cores during the "
+        "timed windows (`other load`, per row the largest of its rounds); ratios within the run are what count.",
+        "",
         f"Machine: {machine['cpu']}, {machine['usable_cpus']} usable CPU(s) of {machine['logical_cpus']}, "
         f"{machine['memory_gb']} GB RAM, {machine['os']}, Python {machine['python']}, "
         f"1-min load before the run {machine['load_average_1m']}.", "",
@@ -131,9 +144,10 @@ def _markdown(report: dict, command: str) -> str:
         f"baseline JPEGs {machine['data']['jpeg_source']}, mean JPEG {machine['data']['mean_jpeg_bytes']:,} B. "
         f"Page cache: {machine['page_cache_note']}.", "",
         *lines, "",
+        *(f"- `{r['pipeline']}`: {r['description']}" for r in report["results"]), "",
         f"Random-gather ceiling (same run): **{report['ceiling_samples_per_s']:,.0f} samples/s** ({ceilings}).", "",
         f"Copy bound (the ceiling's gathers plus the consumer's copy every row pays, same run): {bounds}.", "",
-        f"np.take gathers (the method of the anchor figures the targets were set against; a reference, "
+        f"np.take gathers (the method of the team's anchor figures, benchmarks/results/anchors; a reference, "
         f"not a bound, same run): {takes}.", "",
     ])
 
@@ -150,13 +164,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--cold", action="store_true", help="drop the page cache before every timed run")
+    parser.add_argument("--modes", default=None, help="comma-separated vlpipe modes (default: all)")
+    parser.add_argument("--baselines", default=None, help="comma-separated JPEG loaders (default: all)")
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(ROOT))
     from rich.console import Console
 
-    from vlpipe.bench import bench_dataloader
-    from vlpipe.bench.report import render, to_json
+    from vlpipe.bench import BASELINES, VLPIPE_MODES, bench_dataloader
+    from vlpipe.bench.table import render, to_json
     from vlpipe.cache.writer import build_cache
 
     console = Console(stderr=True)
@@ -169,15 +185,22 @@ def main(argv: list[str] | None = None) -> None:
     cache = args.work / f"cache-{raw.name}"
     build_cache(raw, cache, image_size=224, patch_size=16, max_len=64, tokenizer="wordpiece:8000",
                 val_fraction=0.0)
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     report = bench_dataloader(cache, source=raw, batch_size=args.batch_size, workers=args.workers,
                               seconds=args.seconds, rounds=args.rounds, cold=args.cold,
+                              modes=_names(args.modes, VLPIPE_MODES), baselines=_names(args.baselines, BASELINES),
                               progress=lambda done, total, label: console.print(f"[{done}/{total}] {label}"))
+    finished = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     args.out.mkdir(parents=True, exist_ok=True)
     command = shlex.join([Path(sys.executable).name, "benchmarks/bench_dataloader.py", *(argv or sys.argv[1:])])
     (args.out / "dataloader.json").write_text(to_json(report) + "\n")
-    (args.out / "dataloader.md").write_text(_markdown(report, command))
+    (args.out / "dataloader.md").write_text(_markdown(report, command, started, finished))
     render(report, Console(width=170))
     console.print(f"wrote {args.out / 'dataloader.json'} and {args.out / 'dataloader.md'}")
+
+
+def _names(option: str | None, default: tuple[str, ...]) -> list[str]:
+    return list(default) if option is None else [name.strip() for name in option.split(",") if name.strip()]
 
 
 if __name__ == "__main__":

@@ -2,6 +2,9 @@
 
     .venv/bin/python benchmarks/bench_gather_threads.py --cache /tmp/vlpipe-bench/cache-raw-4000
 
+Prints a Markdown table and writes the raw record (per-round rates, machine, host load, command,
+date) to --json, by default benchmarks/results/gather_threads.json.
+
 vlpipe's reader copies each random image row with one `os.preadv` call, which releases the GIL
 for the copy and takes it back afterwards: 64 hand-overs per batch of 64 (that is how it reads a
 cache too big to stay mapped). This measures, with 1 and 2 threads gathering at once into their
@@ -17,13 +20,18 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
+from vlpipe.bench.system import HostLoad, machine_info, script_record, utc_now
 from vlpipe.cache.format import load_manifest
+from vlpipe.utils.atomic import write_json_atomic
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 class Shards:
@@ -94,7 +102,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", type=Path, default=RESULTS / "gather_threads.json", help="raw record (%(default)s)")
     args = parser.parse_args()
+    started, machine, host = utc_now(), machine_info(), HostLoad()
     shards = Shards(args.cache)
     rows: dict[str, list[float]] = {}
     for _ in range(args.rounds):
@@ -103,6 +113,10 @@ def main() -> None:
             for threads in (1, 2):
                 rate = run(shards, method, threads, args.batch_size, args.seconds)
                 rows.setdefault(f"{name}, {threads} thread{'s' if threads > 1 else ''}", []).append(rate)
+    record = script_record("benchmarks/bench_gather_threads.py", sys.argv[1:], started, machine, host,
+                           {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, rows)
+    write_json_atomic(args.json, record)
+    print(f"other load {record['other_load_cores']:.2f} cores; wrote {args.json}")
     print("| gather | rows/s, median [min-max] |\n|---|---|")
     for name, rates in rows.items():
         print(f"| {name} | {statistics.median(rates):,.0f} [{min(rates):,.0f}-{max(rates):,.0f}] |")

@@ -2,6 +2,9 @@
 
     .venv/bin/python benchmarks/bench_loader_vs_bare.py --cache /tmp/vlpipe-bench/cache-raw-4000
 
+Prints a Markdown table and writes the raw record (per-round rates, machine, host load, command,
+date) to --json, by default benchmarks/results/loader_vs_bare.json.
+
 The bare form is the same scheme written with numpy and nothing else: one background thread and the
 consuming thread copy random rows out of the page-cached `images.npy` maps in chunks of 8 rows into
 a ring of batch buffers (3: the ownership rule's two held batches plus one ahead); the consumer
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import collections
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,10 +28,13 @@ from pathlib import Path
 import numpy as np
 
 from vlpipe.bench.ceiling import measure_ceiling
+from vlpipe.bench.system import HostLoad, machine_info, script_record, utc_now
 from vlpipe.cache import CacheDataset, CacheLoader, CacheSampler
 from vlpipe.cache.format import load_manifest
+from vlpipe.utils.atomic import write_json_atomic
 
 CHUNK = 8
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def bare(files: list[str], batch: int, ring: int = 3) -> Iterator[np.ndarray]:
@@ -128,7 +135,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--json", type=Path, default=RESULTS / "loader_vs_bare.json", help="raw record (%(default)s)")
     args = parser.parse_args()
+    started, machine, host = utc_now(), machine_info(), HostLoad()
     manifest = load_manifest(args.cache)
     files = [str(shard.path(args.cache, "images")) for shard in manifest.shards]
     rows: dict[str, list[float]] = {"ceiling (2 processes)": [], "bare numpy form of the design": [],
@@ -138,6 +147,10 @@ def main() -> None:
             measure_ceiling(files, args.batch_size, args.seconds, 2, seed=round_index).samples_per_s)
         rows["bare numpy form of the design"].append(rate(bare(files, args.batch_size), args.seconds))
         rows["CacheLoader threads, 1 worker, prefetch 1"].append(rate(loader(args.cache, args.batch_size), args.seconds))
+    record = script_record("benchmarks/bench_loader_vs_bare.py", sys.argv[1:], started, machine, host,
+                           {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, rows)
+    write_json_atomic(args.json, record)
+    print(f"other load {record['other_load_cores']:.2f} cores; wrote {args.json}")
     ceiling = statistics.median(rows["ceiling (2 processes)"])
     print("| row | samples/s, median [min-max] | % of ceiling |\n|---|---|---|")
     for name, values in rows.items():

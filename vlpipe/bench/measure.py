@@ -21,9 +21,9 @@ import psutil
 import torch
 
 from vlpipe.bench.pipelines import Batch, Pipeline
+from vlpipe.bench.system import busy_cpu_seconds
 
 POLL_SECONDS = 0.1
-_BUSY_FIELDS = ("user", "nice", "system", "irq", "softirq", "steal")
 
 
 @dataclass
@@ -69,11 +69,6 @@ class BatchConsumer:
         return size
 
 
-def _busy_seconds() -> float:
-    times = psutil.cpu_times()
-    return sum(getattr(times, name, 0.0) for name in _BUSY_FIELDS)
-
-
 class TreeMonitor:
     """Polls CPU time and RSS of this process and all its descendants while a window is timed."""
 
@@ -107,7 +102,7 @@ class TreeMonitor:
     def __enter__(self) -> TreeMonitor:
         self._poll()
         self.start_cpu = dict(self.last_cpu)
-        self.start_busy = _busy_seconds()
+        self.start_busy = busy_cpu_seconds()
         self._thread.start()
         return self
 
@@ -115,7 +110,7 @@ class TreeMonitor:
         self._stop.set()
         self._thread.join()
         self._poll()
-        self.busy = _busy_seconds() - self.start_busy
+        self.busy = busy_cpu_seconds() - self.start_busy
         self.pss = _tree_pss(self._processes())
 
     @property

@@ -1,12 +1,17 @@
 """The loaders under test, each as a factory of fresh, endless batch iterators.
 
-Three families, all delivering what a training step consumes:
+Four families, all delivering what a training step consumes:
 - `vlpipe-<mode>`: vlpipe's CacheLoader over the memory-mapped cache (uint8 patches + token ids),
   exactly as the trainer receives them; the model normalizes on the device.
-- `seed-baseline`: the seed project's map-style Dataset: per sample PIL open + convert("RGB"),
-  shorter side to 256 bicubic, center crop 224, ToTensor + Normalize, tokenize and pad to max_len,
-  through a torch DataLoader with the same number of workers.
-- `webdataset`: the same per-sample work over img2dataset tar shards, the way people train on
+- `torchvision-uint8` (the baseline every ratio is taken against) and `torchvision-float`: a
+  standard torchvision-style map-style Dataset over loose JPEG files: per sample PIL open +
+  convert("RGB"), shorter side to 256 bicubic, center crop 224, caption tokenized with the cache's
+  tokenizer and padded to max_len, through a torch DataLoader with the same number of workers. The
+  uint8 row delivers what vlpipe delivers (uint8 pixels, normalized on the device): like for like.
+  The float row adds ToTensor + Normalize on the CPU and delivers float32 (4x the bytes).
+- `seed-recipe`: the seed project's own recipe, literally: JPEGs pre-resized to 224 px (q95),
+  PIL open + convert("RGB"), ToTensor + Normalize, bert-base-uncased WordPiece padded to 197 tokens.
+- `webdataset`: the uint8 row's per-sample work over img2dataset tar shards, the way people train on
   img2dataset output today (resampled shards, a small shuffle buffer).
 
 Every iterator is endless so a timed window never runs dry. The baselines sample endlessly (no
@@ -31,12 +36,14 @@ from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torchvision import transforms
 
-from vlpipe.bench.sources import JpegSource
+from vlpipe.bench.jpeg_files import JpegSource
 from vlpipe.cache.format import Manifest
 
 Batch = dict[str, torch.Tensor]
-# Endless sampling for the map-style baseline: far more indices than any timed window consumes.
+# Endless sampling for the map-style baselines: far more indices than any timed window consumes.
 _ENDLESS = 1 << 40
+# The seed padded every caption to 197 tokens (the ViT-B/16 sequence: 196 patches + CLS).
+SEED_MAX_LEN = 197
 
 
 @dataclass
@@ -52,23 +59,25 @@ class Pipeline:
     open: Callable[[int], Iterator[Batch]]
 
 
-class SeedTransform:
-    """The seed project's per-sample work: torchvision preprocessing + padded tokenization.
+class JpegTransform:
+    """The decoding baselines' per-sample work: torchvision preprocessing + padded tokenization.
 
+    `resize`: shorter side to image_size * 256/224 (256 at 224 px) bicubic, then center crop;
+    without it the files are expected at image_size already (the seed's pre-resized JPEGs).
+    `normalize`: ToTensor + Normalize to float32; without it the pixels stay uint8 (PILToTensor).
     A class (not a closure) so DataLoader workers can receive it under any start method.
     """
 
-    def __init__(self, image_size: int, mean: list[float], std: list[float], tokenizer_file: Path,
-                 max_len: int, pad_id: int):
-        # 256 -> 224 at the standard resolution; scaled the same way for other cache sizes.
-        resize = image_size * 256 // 224
-        self.image_transform = transforms.Compose([
-            transforms.Resize(resize, interpolation=transforms.InterpolationMode.BICUBIC),
-            transforms.CenterCrop(image_size),
-            transforms.ToTensor(),
-            transforms.Normalize(mean, std),
-        ])
-        self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    def __init__(self, image_size: int, mean: list[float], std: list[float], tokenizer: Tokenizer,
+                 max_len: int, pad_id: int, resize: bool = True, normalize: bool = False):
+        steps: list[Any] = []
+        if resize:
+            steps += [transforms.Resize(image_size * 256 // 224, interpolation=transforms.InterpolationMode.BICUBIC),
+                      transforms.CenterCrop(image_size)]
+        steps += [transforms.ToTensor(), transforms.Normalize(mean, std)] if normalize else [transforms.PILToTensor()]
+        self.image_transform = transforms.Compose(steps)
+        # A private copy: padding and truncation are set on it, not on the caller's tokenizer.
+        self.tokenizer = Tokenizer.from_str(tokenizer.to_str())
         pad_token = self.tokenizer.id_to_token(pad_id) or "[PAD]"
         self.tokenizer.enable_truncation(max_len)
         self.tokenizer.enable_padding(length=max_len, pad_id=pad_id, pad_token=pad_token)
@@ -82,15 +91,29 @@ class SeedTransform:
         }
 
     @classmethod
-    def for_cache(cls, manifest: Manifest, cache_dir: Path) -> SeedTransform:
-        return cls(manifest.image.image_size, manifest.image.mean, manifest.image.std,
-                   cache_dir / manifest.text.tokenizer_file, manifest.text.max_len, manifest.text.pad_id)
+    def for_cache(cls, manifest: Manifest, cache_dir: Path, normalize: bool) -> JpegTransform:
+        """The torchvision-style rows: the cache's image size, mean/std, tokenizer and max_len."""
+        tokenizer = Tokenizer.from_file(str(cache_dir / manifest.text.tokenizer_file))
+        return cls(manifest.image.image_size, manifest.image.mean, manifest.image.std, tokenizer,
+                   manifest.text.max_len, manifest.text.pad_id, resize=True, normalize=normalize)
+
+    @classmethod
+    def seed_recipe(cls, manifest: Manifest) -> JpegTransform:
+        """The seed's recipe: pre-resized files, ToTensor + Normalize, bert-base-uncased padded to 197.
+
+        Raises VlpipeError when the bert-uncased vocabulary (the `bert` extra) is not installed.
+        """
+        from vlpipe.text import load_tokenizer
+
+        bert = load_tokenizer("bert-uncased")
+        return cls(manifest.image.image_size, manifest.image.mean, manifest.image.std, bert.hf, SEED_MAX_LEN,
+                   bert.pad_id, resize=False, normalize=True)
 
 
-class SeedDataset(Dataset):
-    """Map-style: one JPEG file opened and decoded per sample, as the seed code did."""
+class JpegDataset(Dataset):
+    """Map-style: one JPEG file opened and decoded per sample."""
 
-    def __init__(self, paths: list[Path], captions: list[str], transform: SeedTransform):
+    def __init__(self, paths: list[Path], captions: list[str], transform: JpegTransform):
         self.paths, self.captions, self.transform = paths, captions, transform
 
     def __len__(self) -> int:
@@ -102,9 +125,9 @@ class SeedDataset(Dataset):
 
 
 class WebdatasetSample:
-    """Per-sample work on a webdataset dict (`jpg`/`txt` bytes): the same as the seed baseline."""
+    """Per-sample work on a webdataset dict (`jpg`/`txt` bytes): the same as a file-based row."""
 
-    def __init__(self, transform: SeedTransform):
+    def __init__(self, transform: JpegTransform):
         self.transform = transform
 
     def __call__(self, sample: dict) -> Batch:
@@ -121,8 +144,10 @@ def _drain(loader: Iterable[Batch]) -> Iterator[Batch]:
         del batches
 
 
-def seed_pipeline(source: JpegSource, transform: SeedTransform, batch_size: int, workers: int) -> Pipeline:
-    dataset = SeedDataset(source.jpeg_paths, source.captions, transform)
+def files_pipeline(name: str, description: str, paths: list[Path], captions: list[str], bytes_per_sample: float,
+                   transform: JpegTransform, batch_size: int, workers: int) -> Pipeline:
+    """A map-style Dataset over loose JPEG files through a torch DataLoader (the torchvision and seed rows)."""
+    dataset = JpegDataset(paths, captions, transform)
 
     def open_(seed: int) -> Iterator[Batch]:
         generator = torch.Generator().manual_seed(seed)
@@ -130,11 +155,10 @@ def seed_pipeline(source: JpegSource, transform: SeedTransform, batch_size: int,
         return _drain(DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                                  drop_last=True))
 
-    return Pipeline("seed-baseline", "PIL open+RGB, resize 256 bicubic, crop, normalize, tokenize; "
-                    "torch DataLoader", workers, source.jpeg_bytes_per_sample, 3, open_)
+    return Pipeline(name, description, workers, bytes_per_sample, 3, open_)
 
 
-def webdataset_pipeline(source: JpegSource, transform: SeedTransform, batch_size: int, workers: int) -> Pipeline:
+def webdataset_pipeline(source: JpegSource, transform: JpegTransform, batch_size: int, workers: int) -> Pipeline:
     import webdataset as wds
 
     urls = [str(p) for p in source.shard_paths]
@@ -147,7 +171,7 @@ def webdataset_pipeline(source: JpegSource, transform: SeedTransform, batch_size
                    .shuffle(256).map(per_sample))
         return _drain(DataLoader(dataset, batch_size=batch_size, num_workers=workers, drop_last=True))
 
-    return Pipeline("webdataset", "tar shards -> PIL decode, same per-sample work; torch DataLoader",
+    return Pipeline("webdataset", "tar shards -> the torchvision-uint8 row's per-sample work; torch DataLoader",
                     workers, source.shard_bytes_per_sample, 3, open_)
 
 
@@ -188,3 +212,36 @@ def _epochs(loader: Any, sampler: Any) -> Iterator[Batch]:
             if delivered == 0:
                 raise RuntimeError("the vlpipe loader delivered an empty epoch; is batch_size > the cache size?")
             epoch += 1
+
+
+def baseline_pipelines(names: list[str], manifest: Manifest, cache_dir: Path, jpegs: JpegSource,
+                       seed_transform: JpegTransform | None, batch_size: int, workers: int) -> list[Pipeline]:
+    """The decoding baselines named in `names`, in that order.
+
+    seed-recipe needs `seed_transform` (JpegTransform.seed_recipe) and the source's pre-resized files.
+    """
+    uint8 = JpegTransform.for_cache(manifest, cache_dir, normalize=False)
+    size = manifest.image.image_size
+    crop = f"resize {size * 256 // 224} bicubic + center crop {size}"
+    files = (jpegs.jpeg_paths, jpegs.captions, jpegs.jpeg_bytes_per_sample)
+    rows = []
+    for name in names:
+        if name == "torchvision-uint8":
+            rows.append(files_pipeline(name, f"PIL open+RGB, {crop}, uint8 (PILToTensor), tokenize; torch DataLoader",
+                                       *files, uint8, batch_size, workers))
+        elif name == "torchvision-float":
+            rows.append(files_pipeline(name, f"PIL open+RGB, {crop}, ToTensor+Normalize float32, tokenize; "
+                                       "torch DataLoader", *files, JpegTransform.for_cache(manifest, cache_dir, True),
+                                       batch_size, workers))
+        elif name == "seed-recipe":
+            if seed_transform is None or not jpegs.presized_paths:
+                raise ValueError("seed-recipe needs JpegTransform.seed_recipe and the pre-resized JPEG files")
+            rows.append(files_pipeline(name, f"{size} px JPEG q95 files, PIL open+RGB, ToTensor+Normalize float32, "
+                                       f"bert-base-uncased WordPiece padded to {SEED_MAX_LEN}; torch DataLoader",
+                                       jpegs.presized_paths, jpegs.captions, jpegs.presized_bytes_per_sample,
+                                       seed_transform, batch_size, workers))
+        elif name == "webdataset":
+            rows.append(webdataset_pipeline(jpegs, uint8, batch_size, workers))
+        else:
+            raise ValueError(f"unknown baseline {name!r}")
+    return rows

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
+import statistics
+import time
 from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
@@ -18,6 +21,7 @@ from typing import Any
 import psutil
 
 DROP_CACHES_FILE = "/proc/sys/vm/drop_caches"
+_BUSY_FIELDS = ("user", "nice", "system", "irq", "softirq", "steal")
 _VERSIONED = ("vlpipe", "torch", "numpy", "pillow", "tokenizers", "webdataset", "pyarrow", "psutil")
 _READ_CHUNK = 8 << 20
 
@@ -92,3 +96,57 @@ def usable_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
+
+
+def busy_cpu_seconds() -> float:
+    """CPU seconds the whole machine has spent busy (all cores, every process) since boot."""
+    times = psutil.cpu_times()
+    return sum(getattr(times, name, 0.0) for name in _BUSY_FIELDS)
+
+
+class HostLoad:
+    """CPU cores the rest of the machine used while a benchmark script ran.
+
+    Everything busy minus this process and its reaped children (e.g. the ceiling's gatherers):
+    on a shared machine a reader needs this beside every figure, to know what it was taken under.
+    """
+
+    def __init__(self) -> None:
+        self.start_wall = time.perf_counter()
+        self.start_busy = busy_cpu_seconds()
+        self.start_own = self._own()
+
+    @staticmethod
+    def _own() -> float:
+        times = psutil.Process().cpu_times()
+        return times.user + times.system + times.children_user + times.children_system
+
+    def other_cores(self) -> float:
+        own = self._own() - self.start_own
+        other = max(0.0, busy_cpu_seconds() - self.start_busy - own) / (time.perf_counter() - self.start_wall)
+        # Clock-tick accounting over a short window can overshoot: nothing uses more than every core.
+        return min(other, float(psutil.cpu_count() or 1))
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+
+
+def script_record(script: str, argv: list[str], started: str, machine: dict[str, Any], host: HostLoad,
+                  settings: dict[str, Any], rounds: dict[str, list[float]]) -> dict[str, Any]:
+    """The JSON a benchmark script leaves in benchmarks/results: what ran, when, where, under what load.
+
+    `machine` is machine_info() taken before the run (its load average describes the host, not the
+    run); `rounds` maps each row to its per-round rates, summarized here as median, min and max.
+    """
+    return {
+        "command": shlex.join(["python", script, *argv]),
+        "started": started,
+        "finished": utc_now(),
+        "machine": machine,
+        "other_load_cores": round(host.other_cores(), 2),
+        "settings": settings,
+        "results": {name: {"median": round(statistics.median(rates), 1), "min": round(min(rates), 1),
+                           "max": round(max(rates), 1), "rounds": [round(r, 1) for r in rates]}
+                    for name, rates in rounds.items()},
+    }

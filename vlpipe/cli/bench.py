@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from vlpipe.bench import VLPIPE_MODES
-from vlpipe.bench.sources import DEFAULT_MAX_SOURCE_SAMPLES
+from vlpipe.bench import BASELINE, BASELINES, VLPIPE_MODES
+from vlpipe.bench.jpeg_files import DEFAULT_MAX_SOURCE_SAMPLES
 
 
 @click.group()
@@ -30,14 +30,17 @@ def bench() -> None:
               help="Interleaved rounds (A B C A B C ...); rows report the median and min-max.")
 @click.option("--modes", default=",".join(VLPIPE_MODES), show_default=True,
               help="Comma-separated vlpipe reader modes to measure.")
+@click.option("--baselines", default=",".join(BASELINES), show_default=True,
+              help=f"Comma-separated JPEG-decoding loaders to measure; must include {BASELINE}, the like-for-like "
+                   "one every ratio is taken against.")
 @click.option("--max-source-samples", default=DEFAULT_MAX_SOURCE_SAMPLES, show_default=True,
               help="At most this many JPEGs are extracted/re-encoded for the baselines.")
 @click.option("--cold", is_flag=True,
               help="Drop the page cache before every timed run (needs root; says so when it cannot).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
 def dataloader(cache: str, source: str | None, batch_size: int, workers: int | None, seconds: float,
-               rounds: int, modes: str, max_source_samples: int, cold: bool, as_json: bool) -> None:
-    """Samples/s, MB/s, CPU and RSS of vlpipe's reader vs the seed-style and webdataset loaders.
+               rounds: int, modes: str, baselines: str, max_source_samples: int, cold: bool, as_json: bool) -> None:
+    """Samples/s, MB/s, CPU and memory of vlpipe's reader vs torchvision-style, seed-recipe and webdataset loaders.
 
     All pipelines and the random-gather memory ceiling run interleaved in one process, so the
     ratios are fair on a noisy machine; absolute figures want a quiet one.
@@ -46,7 +49,7 @@ def dataloader(cache: str, source: str | None, batch_size: int, workers: int | N
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from vlpipe.bench.dataloader import bench_dataloader
-    from vlpipe.bench.report import render, to_json
+    from vlpipe.bench.table import render, to_json
 
     # Progress goes to stderr so that `--json > out.json` stays one clean JSON object.
     err = Console(stderr=True)
@@ -59,7 +62,7 @@ def dataloader(cache: str, source: str | None, batch_size: int, workers: int | N
 
         report = bench_dataloader(
             cache, source=source, batch_size=batch_size, workers=workers, seconds=seconds, rounds=rounds,
-            cold=cold, modes=[m.strip() for m in modes.split(",") if m.strip()],
+            cold=cold, modes=_names(modes), baselines=_names(baselines),
             max_source_samples=max_source_samples, progress=on_step,
         )
     if as_json:
@@ -70,3 +73,7 @@ def dataloader(cache: str, source: str | None, batch_size: int, workers: int | N
         render(report, out if out.is_terminal else Console(width=170))
     if cold and report["machine"]["page_cache"] != "cold":
         err.print(f"[yellow]warning:[/yellow] {report['machine']['page_cache_note']}")
+
+
+def _names(option: str) -> list[str]:
+    return [name.strip() for name in option.split(",") if name.strip()]

@@ -1,12 +1,16 @@
 """The JPEG side of the benchmark: the files the decoding baselines read.
 
-The seed-style baseline opens one JPEG file per sample and the webdataset baseline streams tar
-shards, so both need real JPEG bytes. With `--source RAW_DIR` (img2dataset webdataset output) the
+The torchvision-style and seed-recipe rows open one JPEG file per sample and the webdataset row
+streams tar shards, so all need real JPEG bytes. With `--source RAW_DIR` (img2dataset webdataset output) the
 tars are used as they are and their JPEG members are extracted once into a temporary folder
 (outside any timing), because the seed code read loose files, not tar members. Without a source the
 cache's own images are un-patchified and re-encoded as JPEG quality 95 (img2dataset's default) into
 temporary files and tars: this approximates the real files (same pixels and size class, but
 224 px squares instead of 256 px shorter sides), so the command always works on a cache alone.
+
+The seed-recipe row reads JPEGs that were resized before training, as the seed project's were:
+with `presize_to`, every file is also center-cropped and resized to that square (bicubic) and saved
+as JPEG q95 beside the others, once, outside any timing.
 """
 
 from __future__ import annotations
@@ -15,11 +19,11 @@ import io
 import json
 import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from vlpipe.cache.format import Manifest
 from vlpipe.cache.info import shard_captions, shard_images
@@ -36,24 +40,48 @@ SAMPLES_PER_TAR = 1000
 
 @dataclass
 class JpegSource:
-    """Loose JPEGs + captions for the seed baseline, tar shards for webdataset, and where they came from."""
+    """Loose JPEGs + captions for the file-based rows, tar shards for webdataset, and where they came from."""
 
     jpeg_paths: list[Path]
     captions: list[str]
     shard_paths: list[Path]
     origin: str
-    # Mean bytes read per sample: the JPEG file (seed) and the jpg+txt+json members (webdataset).
+    # Mean bytes read per sample: the JPEG file (torchvision rows) and the jpg+txt+json members (webdataset).
     jpeg_bytes_per_sample: float
     shard_bytes_per_sample: float
+    # The same images pre-resized to a square for the seed-recipe row (empty unless asked for).
+    presized_paths: list[Path] = field(default_factory=list)
+    presized_bytes_per_sample: float = 0.0
 
 
 def prepare_source(
-    manifest: Manifest, cache_dir: Path, source: Path | None, work_dir: Path, max_samples: int
+    manifest: Manifest, cache_dir: Path, source: Path | None, work_dir: Path, max_samples: int,
+    presize_to: int | None = None,
 ) -> JpegSource:
-    """Extract (or re-encode) up to `max_samples` JPEGs into `work_dir` for the decoding baselines."""
+    """Extract (or re-encode) up to `max_samples` JPEGs into `work_dir` for the decoding baselines.
+
+    `presize_to`: also write each image center-cropped and resized to that many pixels square.
+    """
     if source is None:
-        return _reencode_cache(manifest, cache_dir, work_dir, max_samples)
-    return _extract_shards(source, work_dir, max_samples)
+        jpegs = _reencode_cache(manifest, cache_dir, work_dir, max_samples)
+    else:
+        jpegs = _extract_shards(source, work_dir, max_samples)
+    if presize_to is not None:
+        jpegs.presized_paths = _presize(jpegs.jpeg_paths, presize_to, work_dir / f"jpeg-{presize_to}px")
+        jpegs.presized_bytes_per_sample = float(np.mean([p.stat().st_size for p in jpegs.presized_paths]))
+    return jpegs
+
+
+def _presize(paths: list[Path], size: int, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    presized = []
+    for path in paths:
+        with Image.open(path) as img:
+            square = ImageOps.fit(img.convert("RGB"), (size, size), Image.Resampling.BICUBIC)
+        target = out / path.name
+        square.save(target, "JPEG", quality=REENCODE_QUALITY)
+        presized.append(target)
+    return presized
 
 
 def _extract_shards(source: Path, work_dir: Path, max_samples: int) -> JpegSource:
@@ -71,7 +99,7 @@ def _extract_shards(source: Path, work_dir: Path, max_samples: int) -> JpegSourc
     samples_seen = 0
     for shard in shards:
         # Whole shards only, and only as many as the extracted samples need: webdataset then
-        # streams exactly the data the seed baseline reads, and a CC3M-sized source is not read
+        # streams exactly the data the file-based rows read, and a CC3M-sized source is not read
         # end to end just to benchmark.
         if len(paths) >= max_samples:
             break
