@@ -110,6 +110,7 @@ def build_cache(
         raise
     write_json_atomic(out / BUILD_RECORD, record)
     text = _ensure_tokenizer(out, options, fresh)
+    tokenizer_sha256 = sha256_file(out / TOKENIZER_FILE)  # the file every shard job of this run loads
     names = [shard_name(i) for i in range(len(source.shards))]
     index, count = parse_part(part) if part is not None else (0, 1)
     mine = names[index::count]
@@ -122,7 +123,7 @@ def build_cache(
         done[rec["name"]] = rec
 
     if part is not None:
-        write_part_record(out, index, count, record, mine, sha256_file(out / TOKENIZER_FILE))
+        write_part_record(out, index, count, record, mine, tokenizer_sha256)
         console.print(f"[green]part {index}/{count} of {out} built[/green]: {len(mine)} of {len(names)} shards, "
                       f"{sum(r['num_samples'] for r in done.values())} samples, {time.perf_counter() - started:.1f} s; "
                       f"once all {count} parts are built: vlpipe cache merge {out}")
