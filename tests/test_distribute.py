@@ -8,6 +8,7 @@ cluster.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -100,7 +101,10 @@ def test_worker_killed_mid_shard_is_retried_and_the_cache_is_unchanged(ray_addre
     deadline, killed = time.monotonic() + 120, None
     while killed is None and time.monotonic() < deadline and thread.is_alive():
         for tmp in (out / "shards/00001").glob(".tmp-*-images.npy"):
-            if tmp.stat().st_size > 10_000:
+            size = 0
+            with contextlib.suppress(FileNotFoundError):  # renamed into place since the glob
+                size = tmp.stat().st_size
+            if size > 10_000:
                 pid = int(tmp.name.split("-")[1])
                 assert psutil.Process(pid).cmdline()[0].startswith("ray::")  # a Ray worker, not this process
                 os.kill(pid, signal.SIGKILL)
@@ -109,7 +113,6 @@ def test_worker_killed_mid_shard_is_retried_and_the_cache_is_unchanged(ray_addre
     thread.join(timeout=300)
     assert killed is not None, "the shard finished before its worker could be killed"
     assert not errors, errors
-    assert not psutil.pid_exists(killed)
     assert_same_cache(out, tmp_path / "local")
 
 

@@ -150,8 +150,8 @@ def test_merge_refuses_incomplete_or_mixed_parts(src: Path, tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize(("flags", "message"), [
-    (["--part", "3/3"], "--part 3/3: part 3/3: needs N >= 1 and 0 <= I < N"),
-    (["--part", "one of two"], "--part one of two: expected I/N (part I of N, counted from 0), got 'one of two'"),
+    (["--part", "3/3"], "--part 3/3: needs N >= 1 and 0 <= I < N (parts are counted from 0)"),
+    (["--part", "one of two"], "--part one of two: expected I/N: part I of N, counted from 0"),
     (["--part", "0/2", "--overwrite"], "--part 0/2 with --overwrite would let each part delete the others' shards"),
     (["--part", "0/2", "--distributor", "ray"], "--part 0/2 splits a build without an engine"),
     (["--ray-address", "auto"], "--ray-address is for --distributor ray"),

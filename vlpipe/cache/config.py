@@ -108,8 +108,8 @@ def parse_part(text: str) -> tuple[int, int]:
     """`"3/8"` -> (3, 8): part I of N, 0 <= I < N."""
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
     if match is None:
-        raise ValueError(f"expected I/N (part I of N, counted from 0), got {text!r}")
+        raise ValueError("expected I/N: part I of N, counted from 0")
     index, count = int(match[1]), int(match[2])
     if count < 1 or index >= count:
-        raise ValueError(f"part {index}/{count}: needs N >= 1 and 0 <= I < N")
+        raise ValueError("needs N >= 1 and 0 <= I < N (parts are counted from 0)")
     return index, count
