@@ -2,14 +2,16 @@
 
 `BuildOptions` is everything that changes the bytes of a cache: it is recorded in the manifest's
 provenance, a resumed build must have the same, and every shard job carries it to its worker.
-`BuildSettings` adds how the build runs (where, how many processes), which never changes a byte.
+`BuildSettings` adds how the build runs (where, how many processes, on which engine, which part
+of the shards), which never changes a byte: a build on Ray or in parts equals a local one.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import model_validator
+from pydantic import field_validator, model_validator
 
 from vlpipe.imaging import DEFAULT_MAX_PIXELS
 from vlpipe.ingest import FORMATS
@@ -68,7 +70,46 @@ class BuildSettings(Settings):
     """How a build runs: none of these change a byte of the cache."""
 
     out: str | None = setting(None, "Cache directory to write.", shown_default="cache/<name of SRC>")
-    processes: int | None = setting(None, "Worker processes, one shard each.", shown_default="all CPUs", ge=1)
+    processes: int | None = setting(None, "Worker processes, one shard each (with --distributor ray: the CPUs of "
+                                    "the local Ray it starts).", shown_default="all CPUs", ge=1)
     overwrite: bool = setting(False, "Replace an existing cache (or unfinished build) in --out that used other "
                               "options.", negatable=False)
+    distributor: Literal["local", "ray"] = setting(
+        "local", "How shard jobs run: local worker processes, or one Ray task per shard (retried if its worker "
+        "dies), with --out on a filesystem every node sees (docs/scale-out.md).")
+    ray_address: str | None = setting(None, "Ray cluster to run on: auto (the one `ray start` brought up) or "
+                                      "HOST:PORT.", shown_default="$RAY_ADDRESS, else a local Ray with --processes CPUs")
+    part: str | None = setting(None, "I/N: build only the shards whose index is I modulo N and no manifest, for a "
+                               "SLURM array or a loop over machines; `vlpipe cache merge DIR` finishes the cache.",
+                               metavar="I/N")
     options: BuildOptions = setting(factory=BuildOptions, help="What the cache holds.")
+
+    @field_validator("part")
+    @classmethod
+    def _part(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_part(value)
+        return value
+
+    @model_validator(mode="after")
+    def _engine(self) -> BuildSettings:
+        if self.part is not None and self.distributor != "local":
+            raise ValueError(f"--part {self.part} splits a build without an engine; drop --distributor "
+                             f"{self.distributor} (Ray already spreads the shards over its nodes)")
+        if self.part is not None and self.overwrite:
+            raise ValueError(f"--part {self.part} with --overwrite would let each part delete the others' shards; "
+                             "empty --out once before starting the parts")
+        if self.ray_address is not None and self.distributor != "ray":
+            raise ValueError("--ray-address is for --distributor ray")
+        return self
+
+
+def parse_part(text: str) -> tuple[int, int]:
+    """`"3/8"` -> (3, 8): part I of N, 0 <= I < N."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if match is None:
+        raise ValueError("expected I/N: part I of N, counted from 0")
+    index, count = int(match[1]), int(match[2])
+    if count < 1 or index >= count:
+        raise ValueError("needs N >= 1 and 0 <= I < N (parts are counted from 0)")
+    return index, count

@@ -69,10 +69,15 @@ _tokenizers: dict[str, TextTokenizer] = {}
 
 
 def _tokenizer(path: Path, spec: str) -> TextTokenizer:
-    """One tokenizer per worker process, loaded from the cache's own tokenizer.json."""
-    if str(path) not in _tokenizers:
-        _tokenizers[str(path)] = TextTokenizer.load(path, spec=spec)
-    return _tokenizers[str(path)]
+    """One tokenizer per worker process, loaded from the cache's own tokenizer.json.
+
+    Keyed by content, not path: a Ray worker outlives builds, and a cache rebuilt in the same
+    folder (--overwrite) may have another tokenizer.json there.
+    """
+    key = sha256_file(path)
+    if key not in _tokenizers:
+        _tokenizers[key] = TextTokenizer.load(path, spec=spec)
+    return _tokenizers[key]
 
 
 def read_done(out: str | Path, name: str) -> dict[str, Any] | None:

@@ -12,14 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import multiprocessing as mp
 import os
-import queue
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -27,10 +23,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from vlpipe import __version__
-from vlpipe.cache.config import BuildOptions, BuildSettings
+from vlpipe.cache.config import BuildOptions, BuildSettings, parse_part
+from vlpipe.cache.distribute import run_shards
 from vlpipe.cache.format import (
     FORMAT_NAME,
     MANIFEST,
@@ -45,17 +41,21 @@ from vlpipe.cache.format import (
     TextSpec,
     load_manifest,
 )
-from vlpipe.cache.shard import SKIP_FIELDS, ShardTask, build_shard, read_done
+from vlpipe.cache.shard import SKIP_FIELDS, ShardTask, read_done
 from vlpipe.errors import VlpipeError
 from vlpipe.ingest import Source, iter_captions, open_source
 from vlpipe.text import TextTokenizer, load_tokenizer
 from vlpipe.text.specs import _wordpiece_size
-from vlpipe.utils.atomic import TMP_PREFIX, atomic_path, sha256_file, write_json_atomic
+from vlpipe.utils.atomic import TMP_PREFIX, atomic_path, sha256_file, tmp_path_for, write_json_atomic
 from vlpipe.utils.names import shard_name
+from vlpipe.utils.raysession import require_ray
 
 # Written when a build starts; lets a rerun check it resumes the same build (same source, options).
 BUILD_RECORD = "build.json"
 BUILD_FORMAT = "vlpipe-cache-build"
+# A build split with --part I/N: one completion record per part, read by `vlpipe cache merge`.
+PARTS_DIR = "parts"
+PART_FORMAT = "vlpipe-cache-part"
 
 
 def build_cache(
@@ -64,27 +64,33 @@ def build_cache(
     *,
     processes: int | None = None,
     overwrite: bool = False,
+    distributor: str = "local",
+    ray_address: str | None = None,
+    part: str | None = None,
     quiet: bool = False,
     **values: Any,
-) -> Manifest:
+) -> Manifest | None:
     """Build (or resume, or confirm) the cache of `src` in `out`; returns its manifest.
 
     `values` are `BuildOptions` settings (vlpipe/cache/config.py): `image_size=`, `tokenizer=`,
     `format=`, ... `format` "auto" reads img2dataset output or a captions file, unless `src` is laid
     out as one of the labelled downstream datasets or `label_column` is given (vlpipe/ingest/).
+    With `part="I/N"` only that part's shards are built and None is returned: the manifest is
+    written by `vlpipe.cache.merge.merge_parts` once every part is done.
     """
     options = BuildOptions(**values)
-    BuildSettings(processes=processes, overwrite=overwrite)  # the same checks as on the command line
+    # The same checks as on the command line.
+    BuildSettings(processes=processes, overwrite=overwrite, distributor=distributor, ray_address=ray_address,
+                  part=part)
+    if distributor == "ray":
+        require_ray()
     # Before --out is touched: a bad --tokenizer found only after build.json is written would leave
     # an unfinished build that refuses the corrected command (other options) without --overwrite.
     given = _check_tokenizer(options.tokenizer)
     console = Console(stderr=True, quiet=quiet)
-    source = open_source(src, format=options.format, shard_size=options.shard_size, image_column=options.image_column,
-                         caption_column=options.caption_column, label_column=options.label_column,
-                         multi_label=options.multi_label, split_column=options.split_column)
+    source = open_build_source(src, options)
     out = Path(out).expanduser().resolve()
-    record = {"format": BUILD_FORMAT, "source": str(source.root), "source_format": source.layout,
-              "options": options.to_dict()}
+    record = build_record(source, options)
     created = not out.exists()
     existing = _prepare_output(out, record, overwrite)
     if existing is not None:
@@ -93,7 +99,8 @@ def build_cache(
 
     started = time.perf_counter()
     # Trained (or taken) in memory before the build record exists, for the same reason; a resumed
-    # build reuses its saved tokenizer.json instead.
+    # build reuses its saved tokenizer.json instead. Trained here, once, before any shard job
+    # starts: the jobs (worker processes, Ray tasks) load it from the cache by path.
     try:
         fresh = None if (out / TOKENIZER_FILE).is_file() else _new_tokenizer(options, source, console, given)
     except BaseException:
@@ -103,20 +110,54 @@ def build_cache(
         raise
     write_json_atomic(out / BUILD_RECORD, record)
     text = _ensure_tokenizer(out, options, fresh)
+    tokenizer_sha256 = sha256_file(out / TOKENIZER_FILE)  # the file every shard job of this run loads
     names = [shard_name(i) for i in range(len(source.shards))]
-    done = {name: rec for name in names if (rec := read_done(out, name)) is not None}
-    tasks = [ShardTask(s, n, str(out), options, source.labels) for s, n in zip(source.shards, names, strict=True) if n not in done]
+    index, count = parse_part(part) if part is not None else (0, 1)
+    mine = names[index::count]
+    done = {name: rec for name in mine if (rec := read_done(out, name)) is not None}
+    tasks = [ShardTask(source.shards[i], names[i], str(out), options, source.labels)
+             for i in range(index, len(names), count) if names[i] not in done]
     if done:
-        console.print(f"resuming: {len(done)} of {len(names)} shards already built")
-    workers = max(1, min(processes or os.cpu_count() or 1, len(tasks)))
-    for rec in _run_tasks(tasks, workers, console):
+        console.print(f"resuming: {len(done)} of {len(mine)} shards already built")
+    for rec in run_shards(tasks, console, distributor=distributor, processes=processes, ray_address=ray_address):
         done[rec["name"]] = rec
 
+    if part is not None:
+        write_part_record(out, index, count, record, mine, tokenizer_sha256)
+        console.print(f"[green]part {index}/{count} of {out} built[/green]: {len(mine)} of {len(names)} shards, "
+                      f"{sum(r['num_samples'] for r in done.values())} samples, {time.perf_counter() - started:.1f} s; "
+                      f"once all {count} parts are built: vlpipe cache merge {out}")
+        return None
     records = [done[n] for n in names]
-    manifest = _write_manifest(out, options, source, records, text)
+    manifest = write_manifest(out, options, source, records, text)
     (out / BUILD_RECORD).unlink(missing_ok=True)
     _print_summary(console, out, manifest, time.perf_counter() - started)
     return manifest
+
+
+def open_build_source(src: str | os.PathLike[str], options: BuildOptions) -> Source:
+    """The source shards of `src` as `options` read them."""
+    return open_source(src, format=options.format, shard_size=options.shard_size, image_column=options.image_column,
+                       caption_column=options.caption_column, label_column=options.label_column,
+                       multi_label=options.multi_label, split_column=options.split_column)
+
+
+def build_record(source: Source, options: BuildOptions) -> dict[str, Any]:
+    """What build.json (and each part record) holds: the build a rerun or a merge must match."""
+    return {"format": BUILD_FORMAT, "source": str(source.root), "source_format": source.layout,
+            "options": options.to_dict()}
+
+
+def part_record_path(out: Path, index: int, count: int) -> Path:
+    return out / PARTS_DIR / f"{index:05d}-of-{count:05d}.json"
+
+
+def write_part_record(out: Path, index: int, count: int, record: dict[str, Any], shards: list[str],
+                      tokenizer_sha256: str) -> None:
+    """Part I/N's completion record, written once all its shards have their done records."""
+    write_json_atomic(part_record_path(out, index, count),
+                      {**record, "format": PART_FORMAT, "part": index, "parts": count, "shards": shards,
+                       "tokenizer_sha256": tokenizer_sha256, "vlpipe_version": __version__})
 
 
 def _prepare_output(out: Path, record: dict[str, Any], overwrite: bool) -> Manifest | None:
@@ -130,7 +171,7 @@ def _prepare_output(out: Path, record: dict[str, Any], overwrite: bool) -> Manif
     if not out.exists() or not any(out.iterdir()):
         out.mkdir(parents=True, exist_ok=True)
         return None
-    previous = _read_json(out / MANIFEST) or _read_json(out / BUILD_RECORD)
+    previous = read_json(out / MANIFEST) or read_json(out / BUILD_RECORD)
     if previous is None or previous.get("format") not in (FORMAT_NAME, BUILD_FORMAT):
         raise VlpipeError(f"{out}: not empty and not a vlpipe cache; choose another --out or empty it")
     prov = previous.get("provenance", previous)
@@ -138,7 +179,7 @@ def _prepare_output(out: Path, record: dict[str, Any], overwrite: bool) -> Manif
     if not same and not overwrite:
         what = "a cache" if (out / MANIFEST).exists() else "an unfinished build"
         raise VlpipeError(f"{out}: holds {what} of {prov.get('source')} with other options "
-                          f"({_option_diff(prov.get('options') or {}, record['options'])}); "
+                          f"({option_diff(prov.get('options') or {}, record['options'])}); "
                           "pass --overwrite to rebuild it or choose another --out")
     if not same:
         _clear(out)
@@ -148,7 +189,7 @@ def _prepare_output(out: Path, record: dict[str, Any], overwrite: bool) -> Manif
     return None
 
 
-def _option_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
+def option_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
     diffs = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in new if old.get(k) != new.get(k)]
     return ", ".join(diffs) or "different source"
 
@@ -157,13 +198,14 @@ def _clear(out: Path) -> None:
     """Remove a previous cache; the manifest goes first so no moment looks complete-but-wrong."""
     (out / MANIFEST).unlink(missing_ok=True)
     shutil.rmtree(out / SHARDS_DIR, ignore_errors=True)
+    shutil.rmtree(out / PARTS_DIR, ignore_errors=True)
     for name in (TOKENIZER_FILE, SKIPPED_FILE, BUILD_RECORD):
         (out / name).unlink(missing_ok=True)
     for leftover in out.glob(f"{TMP_PREFIX}*"):
         leftover.unlink()
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def read_json(path: Path) -> dict[str, Any] | None:
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -194,87 +236,27 @@ def _new_tokenizer(options: BuildOptions, source: Source, console: Console,
 
 
 def _ensure_tokenizer(out: Path, options: BuildOptions, fresh: TextTokenizer | None) -> TextTokenizer:
-    """Save `fresh` as the build's tokenizer.json, or reuse the saved one on resume (never retrain mid-build)."""
+    """Save `fresh` as the build's tokenizer.json, or reuse the saved one on resume (never retrain mid-build).
+
+    Never replaces a tokenizer.json that appeared meanwhile: parts of one build started at once
+    each train one, and every part must then use the one file that won (the merge checks it).
+    """
     path = out / TOKENIZER_FILE
     if fresh is not None:
-        fresh.save(path)
-    return TextTokenizer.load(path, spec=options.tokenizer)
-
-
-# ---- running shard jobs --------------------------------------------------------------------------
-
-_progress_queue: Any = None
-
-
-def _init_worker(progress_queue: Any) -> None:
-    global _progress_queue
-    _progress_queue = progress_queue
-
-
-def _worker(task: ShardTask) -> dict[str, Any]:
-    return build_shard(task, report=_progress_queue.put)
-
-
-def _run_tasks(tasks: list[ShardTask], workers: int, console: Console) -> list[dict[str, Any]]:
-    """Run shard jobs (in-process for one worker), with a progress bar over shards and images/s."""
-    if not tasks:
-        return []
-    columns = (TextColumn("[bold]build-cache"), BarColumn(), MofNCompleteColumn(), TextColumn("shards"),
-               TextColumn("{task.fields[images]} images, {task.fields[rate]:.0f} images/s"), TimeElapsedColumn())
-    started = time.perf_counter()
-    with Progress(*columns, console=console, transient=False) as progress:
-        bar = progress.add_task("shards", total=len(tasks), images=0, rate=0.0)
-        images = 0
-
-        def add_images(n: int) -> None:
-            nonlocal images
-            images += n
-            progress.update(bar, images=images, rate=images / max(time.perf_counter() - started, 1e-9))
-
-        if workers == 1:
-            results = []
-            for task in tasks:
-                results.append(build_shard(task, report=add_images))
-                progress.advance(bar)
-            return results
-        return _run_pool(tasks, workers, progress, bar, add_images)
-
-
-def _run_pool(tasks: list[ShardTask], workers: int, progress: Progress, bar: Any,
-              add_images: Callable[[int], None]) -> list[dict[str, Any]]:
-    # forkserver/spawn, not fork: the parent may hold threads (rich, tokenizers) that fork would copy
-    # in a locked state, and fresh processes do not inherit its memory.
-    ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
-    progress_queue = ctx.Queue()
-    results = []
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(progress_queue,)) as pool:
-        pending: set[Future] = {pool.submit(_worker, t) for t in tasks}
+        tmp = tmp_path_for(path)
         try:
-            while pending:
-                finished, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-                _drain(progress_queue, add_images)
-                for future in finished:
-                    results.append(future.result())
-                    progress.advance(bar)
-        except BaseException:
-            for future in pending:
-                future.cancel()
-            raise
-        _drain(progress_queue, add_images)
-    return results
-
-
-def _drain(progress_queue: Any, add_images: Callable[[int], None]) -> None:
-    with contextlib.suppress(queue.Empty):
-        while True:
-            add_images(progress_queue.get_nowait())
+            fresh.save(tmp)
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)  # unlike a rename, fails instead of replacing
+        finally:
+            tmp.unlink(missing_ok=True)
+    return TextTokenizer.load(path, spec=options.tokenizer)
 
 
 # ---- finishing -----------------------------------------------------------------------------------
 
 
-def _write_manifest(out: Path, options: BuildOptions, source: Source, records: list[dict[str, Any]],
+def write_manifest(out: Path, options: BuildOptions, source: Source, records: list[dict[str, Any]],
                     tokenizer: TextTokenizer) -> Manifest:
     """skipped.parquet, then manifest.json (atomically, last): from here on the cache is complete."""
     skips = [s for rec in records for s in rec["skipped"]]

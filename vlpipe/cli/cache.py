@@ -1,4 +1,4 @@
-"""`vlpipe build-cache` and `vlpipe cache verify|info`: a thin shell over `vlpipe.cache`."""
+"""`vlpipe build-cache` and `vlpipe cache verify|info|merge`: a thin shell over `vlpipe.cache`."""
 
 from __future__ import annotations
 
@@ -25,17 +25,20 @@ def build_cache(src: str, config_file: str | None, **flags: Any) -> None:
     labelled downstream dataset (Hateful Memes, MM-IMDB, UPMC Food-101 folder, or a generic
     labelled .jsonl/.csv file): its labels go to labels.npy and its own train/val/test splits are
     kept. Rerunning the same command resumes an interrupted build: finished shards are kept.
+    On several machines: --distributor ray, or --part I/N per machine then `vlpipe cache merge`
+    (docs/scale-out.md).
     """
     from vlpipe.cache.writer import build_cache as build
 
     settings = load_settings(BuildSettings, config_file, flags, table="build-cache")
     target = settings.out or str(DEFAULT_ROOT / (Path(src).resolve().stem or "cache"))
-    build(src, target, processes=settings.processes, overwrite=settings.overwrite, **settings.options.model_dump())
+    build(src, target, processes=settings.processes, overwrite=settings.overwrite, distributor=settings.distributor,
+          ray_address=settings.ray_address, part=settings.part, **settings.options.model_dump())
 
 
 @click.group()
 def cache() -> None:
-    """Inspect a cache built by `vlpipe build-cache`."""
+    """Inspect a cache built by `vlpipe build-cache`, or merge the parts of one built with --part."""
 
 
 @cache.command(short_help="Re-check sizes, sha256, shapes, dtypes and token ids of a cache.")
@@ -76,3 +79,13 @@ def info(cache_dir: str, grid: str | None, n: int, seed: int) -> None:
     Console().print(table)
     if grid is not None:
         click.echo(f"contact sheet written to {contact_sheet(cache_dir, grid, n=n, seed=seed)}")
+
+
+@cache.command(short_help="Write the manifest of a cache built in parts (build-cache --part I/N).")
+@click.argument("cache_dir", metavar="DIR", type=click.Path(path_type=str))
+def merge(cache_dir: str) -> None:
+    """Check that every part of DIR is built, all with the same source, options and tokenizer, and
+    write the manifest: DIR becomes the cache a one-machine build writes, byte for byte."""
+    from vlpipe.cache.merge import merge_parts
+
+    merge_parts(cache_dir)

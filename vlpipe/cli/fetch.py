@@ -37,9 +37,10 @@ def _fetch_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--deadline", default=_POLICY.deadline_s, show_default=True,
                      help="Seconds for a whole response; defeats servers that trickle bytes."),
         click.option("--retries", default=0, show_default=True, help="Retries per failed image."),
-        click.option("--distributor", type=click.Choice(["multiprocessing", "pyspark", "ray"]),
+        click.option("--distributor", type=click.Choice(["multiprocessing", "ray"]),
                      default="multiprocessing", show_default=True,
-                     help="img2dataset's engine; pyspark/ray run on an existing cluster (see docs/fetch.md)."),
+                     help="img2dataset's engine; ray runs on the cluster of $RAY_ADDRESS, else on a local Ray "
+                          "with --processes CPUs (docs/scale-out.md)."),
         click.option("--min-side", default=_VERIFY.min_side, show_default=True,
                      help="Drop images whose shorter side is smaller (too_small)."),
         click.option("--max-aspect", default=_VERIFY.max_aspect, show_default=True,

@@ -23,7 +23,7 @@ from vlpipe.utils.atomic import TMP_PREFIX
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "fetch": ("vlpipe.cli.fetch", "fetch", "Download image-text pairs with img2dataset; drop and explain broken images."),
     "build-cache": ("vlpipe.cli.cache", "build_cache", "Tokenize and patchify once into a memory-mapped cache."),
-    "cache": ("vlpipe.cli.cache", "cache", "Inspect a cache: verify checksums; show its info and a contact sheet (info --grid)."),
+    "cache": ("vlpipe.cli.cache", "cache", "Inspect a cache: verify checksums; show its info and a contact sheet (info --grid); merge parts."),
     "train": ("vlpipe.cli.train", "train", "Pretrain (MLM, alignment, MIM) or fine-tune on a cache."),
     "plot": ("vlpipe.cli.train", "plot", "Redraw the loss/accuracy plots of a run directory."),
     "report": ("vlpipe.cli.train", "report", "Compare fine-tuning runs: mean ± std over seeds, as Markdown and PNG."),

@@ -3,7 +3,7 @@
 img2dataset's `download()` has no hook for how a URL is fetched, how an image is decoded, or
 what happens after a shard is written, so for the duration of the call we swap the `Downloader`
 class it instantiates for a subclass. The subclass is pickled into every download process
-(multiprocessing, Spark or Ray workers alike), where it (1) installs the guarded urllib opener
+(multiprocessing or Ray workers alike), where it (1) installs the guarded urllib opener
 from `safety.py`, (2) replaces img2dataset's resizer with `normalize.Normalizer`, which runs on
 each image as it arrives, overlapped with the other downloads, (3) replaces its webdataset writer
 with `shardwriter.StagedShardWriter`, which stages each tar already sorted and in its final form,
@@ -17,9 +17,9 @@ main module in every worker. The `vlpipe` command and pytest are safe; a script 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
-import importlib.util
 import io
 import os
 import signal
@@ -37,10 +37,13 @@ from vlpipe.fetch.normalize import Normalizer, VerifyConfig  # noqa: E402
 from vlpipe.fetch.publish import finalize_shard  # noqa: E402
 from vlpipe.fetch.safety import UrlPolicy, install_guard  # noqa: E402
 from vlpipe.fetch.shardwriter import StagedShardWriter  # noqa: E402
+from vlpipe.utils.raysession import ray_session, require_ray  # noqa: E402
 
 # The package re-exports a function named `main`, shadowing the submodule as an attribute.
 i2d_main = importlib.import_module("img2dataset.main")
-DISTRIBUTORS = ("multiprocessing", "pyspark", "ray")
+# img2dataset's pyspark engine is not offered: untested here, and testing it costs CI a 450 MB
+# package (docs/fetch.md, "Scale-out").
+DISTRIBUTORS = ("multiprocessing", "ray")
 
 
 @dataclass(frozen=True)
@@ -58,9 +61,8 @@ def check_distributor(name: str) -> None:
     """Fail early: img2dataset's ray distributor silently does nothing when ray is missing."""
     if name not in DISTRIBUTORS:
         raise VlpipeError(f"--distributor {name!r}: expected one of {', '.join(DISTRIBUTORS)}")
-    module = {"pyspark": "pyspark", "ray": "ray"}.get(name)
-    if module and importlib.util.find_spec(module) is None:
-        raise VlpipeError(f"--distributor {name} needs the {module} package: pip install {module}")
+    if name == "ray":
+        require_ray()
 
 
 class VerifyingDownloader(Downloader):
@@ -116,7 +118,11 @@ def run_img2dataset(
     original = i2d_main.Downloader
     previous_sigint = signal.getsignal(signal.SIGINT)
     i2d_main.Downloader = factory  # type: ignore[misc]
+    engine = contextlib.ExitStack()
     try:
+        if download.distributor == "ray":
+            # Connected here, not by img2dataset: its Ray engine would start a Ray with every CPU.
+            engine.enter_context(ray_session(num_cpus=download.processes))
         i2d_main.download(
             url_list=str(input_parquet),
             input_format="parquet",
@@ -142,5 +148,6 @@ def run_img2dataset(
         # img2dataset's SIGINT handler cleans up and calls sys.exit(0); a Ctrl-C is not success.
         raise KeyboardInterrupt from exc
     finally:
+        engine.close()
         i2d_main.Downloader = original  # type: ignore[misc]
         signal.signal(signal.SIGINT, previous_sigint)
