@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_dataloader import make_shards  # noqa: E402  (sibling script, same synthetic data)
 
 from vlpipe.cache.config import BuildOptions  # noqa: E402
-from vlpipe.cache.format import MANIFEST, SKIPPED_FILE, TOKENIZER_FILE, shard_name  # noqa: E402
+from vlpipe.cache.format import MANIFEST, SKIPPED_FILE, TOKENIZER_FILE  # noqa: E402
 from vlpipe.cache.merge import merge_parts  # noqa: E402
 from vlpipe.cache.writer import (  # noqa: E402
     BUILD_RECORD,
@@ -44,6 +44,7 @@ from vlpipe.cache.writer import (  # noqa: E402
     write_part_record,
 )
 from vlpipe.utils.atomic import sha256_file, write_json_atomic  # noqa: E402
+from vlpipe.utils.names import shard_name  # noqa: E402
 from vlpipe.utils.raysession import ray_session  # noqa: E402
 
 BIG = {"image_size": 224, "patch_size": 16, "max_len": 64}

@@ -1,4 +1,4 @@
-"""The img2dataset seam: distributor checks (the default one is exercised end to end in test_fetch.py)."""
+"""The img2dataset settings: distributor checks (the default one is exercised end to end in test_fetch.py)."""
 
 from __future__ import annotations
 
@@ -7,19 +7,18 @@ import importlib.util
 import pytest
 
 from vlpipe.errors import VlpipeError
-from vlpipe.fetch.download import DownloadConfig, check_distributor
+from vlpipe.fetch.config import DownloadConfig
 
 
 def test_default_distributor_and_machine_sized_defaults() -> None:
-    check_distributor("multiprocessing")
     config = DownloadConfig()
     assert config.distributor == "multiprocessing" and config.processes >= 1 and config.threads > 1
 
 
 @pytest.mark.parametrize("name", ["dask", "pyspark"])  # pyspark: img2dataset has it, untested here (docs/fetch.md)
 def test_unknown_distributor_refused(name: str) -> None:
-    with pytest.raises(VlpipeError, match="expected one of multiprocessing, ray$"):
-        check_distributor(name)
+    with pytest.raises(VlpipeError, match="distributor must be one of multiprocessing or ray"):
+        DownloadConfig(distributor=name)
 
 
 def test_missing_ray_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -28,4 +27,4 @@ def test_missing_ray_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
     with pytest.raises(VlpipeError, match=r"pip install 'vlpipe\[ray\]'"):
-        check_distributor("ray")
+        DownloadConfig(distributor="ray")

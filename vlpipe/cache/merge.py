@@ -19,7 +19,7 @@ from typing import Any
 from rich.console import Console
 
 from vlpipe.cache.config import BuildOptions
-from vlpipe.cache.format import MANIFEST, TOKENIZER_FILE, Manifest, load_manifest, shard_dir, shard_name
+from vlpipe.cache.format import MANIFEST, TOKENIZER_FILE, Manifest, load_manifest, shard_dir
 from vlpipe.cache.shard import read_done
 from vlpipe.cache.writer import (
     BUILD_FORMAT,
@@ -35,6 +35,7 @@ from vlpipe.cache.writer import (
 from vlpipe.errors import VlpipeError
 from vlpipe.text import TextTokenizer
 from vlpipe.utils.atomic import sha256_file
+from vlpipe.utils.names import shard_name
 
 
 def merge_parts(out: str | Path, *, quiet: bool = False) -> Manifest:

@@ -5,16 +5,11 @@ Importing this package is cheap; `fetch_tsv`/`fetch_cc` import img2dataset on fi
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from vlpipe.fetch.normalize import VerifyConfig
-from vlpipe.fetch.safety import UrlPolicy
+from vlpipe.fetch.config import DownloadConfig, FetchConfig, UrlPolicy, VerifyConfig
 from vlpipe.fetch.tally import fetch_report, format_report
 from vlpipe.fetch.url_lists import parse_subset
-
-if TYPE_CHECKING:
-    from vlpipe.fetch.download import DownloadConfig
-    from vlpipe.fetch.pipeline import FetchConfig
 
 __all__ = [
     "DownloadConfig", "FetchConfig", "UrlPolicy", "VerifyConfig",
@@ -24,12 +19,8 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     # img2dataset (and albumentations, cv2) take seconds to import: only pay when fetching.
-    if name in ("fetch_cc", "fetch_tsv", "FetchConfig"):
+    if name in ("fetch_cc", "fetch_tsv"):
         from vlpipe.fetch import pipeline
 
         return getattr(pipeline, name)
-    if name == "DownloadConfig":
-        from vlpipe.fetch import download
-
-        return download.DownloadConfig
     raise AttributeError(name)

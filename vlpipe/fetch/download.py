@@ -23,7 +23,6 @@ import importlib
 import io
 import os
 import signal
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,39 +31,17 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations phones 
 import cv2  # noqa: E402
 from img2dataset.downloader import Downloader  # noqa: E402
 
-from vlpipe.errors import VlpipeError  # noqa: E402
-from vlpipe.fetch.normalize import Normalizer, VerifyConfig  # noqa: E402
+from vlpipe.fetch.config import DownloadConfig, UrlPolicy, VerifyConfig  # noqa: E402
+from vlpipe.fetch.normalize import Normalizer  # noqa: E402
 from vlpipe.fetch.publish import finalize_shard  # noqa: E402
-from vlpipe.fetch.safety import UrlPolicy, install_guard  # noqa: E402
+from vlpipe.fetch.safety import install_guard  # noqa: E402
 from vlpipe.fetch.shardwriter import StagedShardWriter  # noqa: E402
-from vlpipe.utils.raysession import ray_session, require_ray  # noqa: E402
+from vlpipe.utils.raysession import ray_session  # noqa: E402
 
 # The package re-exports a function named `main`, shadowing the submodule as an attribute.
 i2d_main = importlib.import_module("img2dataset.main")
 # img2dataset's pyspark engine is not offered: untested here, and testing it costs CI a 450 MB
 # package (docs/fetch.md, "Scale-out").
-DISTRIBUTORS = ("multiprocessing", "ray")
-
-
-@dataclass(frozen=True)
-class DownloadConfig:
-    """img2dataset settings; changing them between runs of the same output is allowed."""
-
-    processes: int = field(default_factory=lambda: os.cpu_count() or 1)
-    threads: int = 64
-    timeout: float = 10.0  # per socket operation (img2dataset's own meaning)
-    retries: int = 0
-    distributor: str = "multiprocessing"
-
-
-def check_distributor(name: str) -> None:
-    """Fail early: img2dataset's ray distributor silently does nothing when ray is missing."""
-    if name not in DISTRIBUTORS:
-        raise VlpipeError(f"--distributor {name!r}: expected one of {', '.join(DISTRIBUTORS)}")
-    if name == "ray":
-        require_ray()
-
-
 class VerifyingDownloader(Downloader):
     """img2dataset's Downloader, fetching through the URL guard, normalizing with our decoder."""
 

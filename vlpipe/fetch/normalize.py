@@ -11,22 +11,11 @@ which `publish.py` turns into the sample's drop record.
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
 from typing import Any
 
+from vlpipe.fetch.config import VerifyConfig
 from vlpipe.fetch.safety import REASON_PREFIX
 from vlpipe.imaging import ImageError, check_geometry, load_rgb, resize_shorter
-
-
-@dataclass(frozen=True)
-class VerifyConfig:
-    """What counts as a correct image and how kept images are stored."""
-
-    min_side: int = 64  # smaller images only become blur once upscaled for a 224 px model
-    max_aspect: float = 3.0  # wider strips lose most of their content to a square center crop
-    max_pixels: int = 40_000_000  # checked from the header before decoding (decompression bombs)
-    shorter_side: int = 256  # kept images: shorter side resized down to this (0 = keep original size)
-    jpeg_quality: int = 95
 
 
 def normalize(data: bytes, cfg: VerifyConfig) -> tuple[bytes, dict[str, int]]:

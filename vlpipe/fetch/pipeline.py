@@ -24,17 +24,15 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.progress import Progress
 
 from vlpipe.errors import VlpipeError
-from vlpipe.fetch.download import DownloadConfig, check_distributor, run_img2dataset
-from vlpipe.fetch.normalize import VerifyConfig
+from vlpipe.fetch.config import DEFAULT_DOWNLOAD_DIR, FetchConfig, VerifyConfig
+from vlpipe.fetch.download import run_img2dataset
 from vlpipe.fetch.publish import done_path, finalize_shard
-from vlpipe.fetch.safety import UrlPolicy
 from vlpipe.fetch.shardwriter import written_by_us
 from vlpipe.fetch.tally import (
     CONFIG_FILE,
@@ -47,82 +45,16 @@ from vlpipe.fetch.tally import (
 from vlpipe.fetch.url_lists import (
     CC_FILENAMES,
     CC_URLS,
-    DEFAULT_DOWNLOAD_DIR,
     Selection,
     download_file,
-    parse_subset,
     resolve_list,
     select_rows,
     write_parquet,
 )
 from vlpipe.utils.atomic import TMP_PREFIX, write_json_atomic
 from vlpipe.utils.names import shard_name
-from vlpipe.utils.typecheck import matches
 
 STAGING_DIR = "vlpipe_staging"
-
-
-@dataclass(frozen=True)
-class FetchConfig:
-    """Everything a fetch depends on. `selection` and `verify` must not change for an output folder."""
-
-    subset: str = "all"
-    sample: bool = False
-    seed: int = 0
-    shard_size: int = 1000  # each worker pays ~10 s to import img2dataset: keep shards large
-    verify: VerifyConfig = field(default_factory=VerifyConfig)
-    policy: UrlPolicy = field(default_factory=UrlPolicy)
-    download: DownloadConfig = field(default_factory=DownloadConfig)
-
-    def validate(self) -> int | None:
-        """Check every option before anything is downloaded or written; returns the parsed subset.
-
-        img2dataset takes nonsense such as 0 processes or threads and fails deep in its workers
-        (or leaves shards that no rerun can finish), and negative sizes or ratios would quietly
-        drop every image, so each bad value is refused here with the option that set it.
-        """
-        check_distributor(self.download.distributor)
-        d, v, p = self.download, self.verify, self.policy
-        at_least_1, at_least_0 = "must be a whole number >= 1", "must be a whole number >= 0"
-        checks = [
-            ("--shard-size", self.shard_size, _is_int(self.shard_size, 1), at_least_1),
-            ("--processes", d.processes, _is_int(d.processes, 1), at_least_1),
-            ("--threads", d.threads, _is_int(d.threads, 1), at_least_1),
-            ("--timeout", d.timeout, _is_positive(d.timeout), "must be a number of seconds > 0"),
-            ("--retries", d.retries, _is_int(d.retries, 0), at_least_0),
-            ("--deadline", p.deadline_s, _is_positive(p.deadline_s), "must be a number of seconds > 0"),
-            ("--max-bytes", p.max_bytes, _is_int(p.max_bytes, 1), at_least_1),
-            ("--min-side", v.min_side, _is_int(v.min_side, 0), "must be a side in pixels >= 0"),
-            # inf (no limit) is fine; nan fails every comparison and would keep nothing.
-            ("--max-aspect", v.max_aspect, matches(v.max_aspect, float) and v.max_aspect >= 1,
-             "must be a ratio >= 1 (longer side / shorter side)"),
-            ("--max-pixels", v.max_pixels, _is_int(v.max_pixels, 1), at_least_1),
-            ("--shorter-side", v.shorter_side, _is_int(v.shorter_side, 0),
-             "must be a side in pixels >= 1, or 0 to keep the original size"),
-            ("jpeg_quality", v.jpeg_quality, _is_int(v.jpeg_quality, 1) and v.jpeg_quality <= 100,
-             "must be a whole number from 1 to 100"),
-        ]  # fmt: skip
-        for option, value, ok, wanted in checks:
-            if not ok:
-                raise VlpipeError(f"{option} {value}: {wanted}")
-        return parse_subset(self.subset)
-
-    def fixed_part(self, source: str) -> dict[str, Any]:
-        """The options that decide the kept set; a rerun with other values would mix two datasets."""
-        return {
-            "source": source, "subset": self.subset, "sample": self.sample, "seed": self.seed,
-            "shard_size": self.shard_size, "verify": asdict(self.verify),
-            "allow_private_network": self.policy.allow_private_network,
-        }  # fmt: skip
-
-
-def _is_int(value: Any, minimum: int) -> bool:
-    return matches(value, int) and value >= minimum
-
-
-def _is_positive(value: Any) -> bool:
-    """A finite number > 0 (click's FLOAT also accepts 'nan' and 'inf')."""
-    return matches(value, float) and math.isfinite(value) and value > 0
 
 
 def fetch_cc(
@@ -136,7 +68,6 @@ def fetch_cc(
     """Fetch Conceptual Captions: the official TSV of `split` (or `tsv`), then `fetch_tsv`."""
     if split not in CC_URLS:
         raise VlpipeError(f"--split {split!r}: expected one of {', '.join(CC_URLS)}")
-    (config or FetchConfig()).validate()  # before a multi-GB list download, not after it
     if tsv is None:
         path = download_file(CC_URLS[split], Path(download_dir) / CC_FILENAMES[split])
         tsv = str(path)
@@ -156,7 +87,7 @@ def fetch_tsv(
     fetch) comes before `out` is created or written, so a mistake leaves nothing behind.
     """
     cfg = config or FetchConfig()
-    subset = cfg.validate()
+    subset = cfg.rows
     out = Path(out).resolve()
     if out.exists() and not out.is_dir():
         raise VlpipeError(f"--out {out}: exists and is not a folder")
@@ -190,7 +121,7 @@ def fetch_tsv(
                 download=cfg.download, policy=cfg.policy, verify=cfg.verify,
             )  # fmt: skip
         _finalize_staged(staging, out, num_shards, cfg.verify)
-    record["runs"].append({"start": start, "end": time.time(), "download": asdict(cfg.download)})
+    record["runs"].append({"start": start, "end": time.time(), "download": cfg.download.model_dump()})
     write_json_atomic(out / CONFIG_FILE, record)
     missing = _missing_shards(out, num_shards)
     if missing:

@@ -19,14 +19,13 @@ import re
 import shutil
 import time
 from collections import Counter
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vlpipe.fetch.normalize import VerifyConfig
+from vlpipe.fetch.config import VerifyConfig
 from vlpipe.fetch.safety import REASON_PREFIX
 from vlpipe.fetch.shardwriter import sample_record
 from vlpipe.utils.atomic import atomic_path, write_json_atomic
@@ -129,7 +128,7 @@ def finalize_shard(
         "bytes_written": tar_path.stat().st_size,
         "download_seconds": stats["duration"],
         "finalize_seconds": time.time() - start,
-        "config": asdict(cfg),
+        "config": cfg.model_dump(),
     }
     write_json_atomic(done_path(out, shard_id), done)
     # Only now: until the done record exists, a rerun publishes the shard again from these.

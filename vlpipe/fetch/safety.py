@@ -27,21 +27,13 @@ import select
 import socket
 import time
 import urllib.request
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from vlpipe.fetch.config import UrlPolicy
+
 ALLOWED_SCHEMES = ("http", "https")
 REASON_PREFIX = "vlpipe:"
-
-
-@dataclass(frozen=True)
-class UrlPolicy:
-    """What a download connection may do; pickled into every download process."""
-
-    allow_private_network: bool = False
-    deadline_s: float = 30.0  # whole response, per connection: headers + body
-    max_bytes: int = 32 * 1024 * 1024  # compressed bytes; a real photo is far smaller
 
 
 class PolicyError(OSError):

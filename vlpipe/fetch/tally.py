@@ -16,7 +16,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vlpipe.errors import VlpipeError, one_line
-from vlpipe.utils.typecheck import matches
 
 CONFIG_FILE = "vlpipe_fetch.json"
 INPUT_FILE = "vlpipe_input.parquet"
@@ -58,7 +57,7 @@ def load_record(path: Path) -> dict[str, Any]:
         if not isinstance(shard_size, int) or isinstance(shard_size, bool) or shard_size < 1:
             problem = f"options.shard_size {shard_size!r} is not a whole number >= 1"
         for i, run in enumerate(record["runs"]):
-            if not (isinstance(run, dict) and all(matches(run.get(k), float) for k in ("start", "end"))):
+            if not (isinstance(run, dict) and all(_is_number(run.get(k)) for k in ("start", "end"))):
                 problem = f"runs[{i}] has no numeric 'start' and 'end'"
                 break
     if problem:
@@ -157,3 +156,8 @@ def format_report(report: dict[str, Any]) -> str:
         f"  throughput  {report['images_per_s']} images/s",
     ]
     return "\n".join(lines)
+
+
+def _is_number(value: Any) -> bool:
+    """An int or float in a JSON record (a bool is not a number)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)

@@ -33,7 +33,6 @@ CC_URLS = {
     "validation": "https://storage.googleapis.com/gcc-data/Validation/GCC-1.1.0-Validation.tsv",
 }
 CC_FILENAMES = {"train": "Train_GCC-training.tsv", "validation": "Validation_GCC-1.1.0-Validation.tsv"}
-DEFAULT_DOWNLOAD_DIR = Path(os.environ.get("VLPIPE_DOWNLOAD_DIR", Path.home() / ".cache" / "vlpipe" / "cc"))
 
 _SUBSET_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([km]?)\s*$", re.IGNORECASE)
 
