@@ -15,6 +15,7 @@ from typing import Any
 
 from vlpipe.bench import BASELINE, BASELINES, VLPIPE_MODES
 from vlpipe.bench.ceiling import measure_ceiling
+from vlpipe.bench.config import DataloaderSettings
 from vlpipe.bench.jpeg_files import DEFAULT_MAX_SOURCE_SAMPLES, prepare_source
 from vlpipe.bench.measure import RoundResult, run_round
 from vlpipe.bench.pipelines import JpegTransform, Pipeline, baseline_pipelines, vlpipe_pipeline
@@ -32,7 +33,7 @@ SERIES: dict[str, tuple[bool, str]] = {
 
 
 @dataclass
-class BenchSettings:
+class BenchRun:
     """Everything that defines a run; saved in the JSON so a figure can be reproduced."""
 
     cache: str
@@ -75,13 +76,17 @@ def bench_dataloader(
     cache_dir = Path(cache)
     manifest = load_manifest(cache_dir)
     workers = usable_cpus() if workers is None else workers
-    _check_arguments(manifest.num_samples, batch_size, workers, seconds, rounds, modes, baselines,
-                     max_source_samples)
+    # The same checks as on the command line (vlpipe/bench/config.py), then those that need the cache.
+    DataloaderSettings(cache=str(cache_dir), source=None if source is None else str(source), batch_size=batch_size,
+                       workers=workers, seconds=seconds, rounds=rounds, modes=tuple(modes), baselines=tuple(baselines),
+                       max_source_samples=max_source_samples, cold=cold)
+    if batch_size > manifest.num_samples:
+        raise VlpipeError(f"--batch-size {batch_size} is larger than the cache ({manifest.num_samples} samples)")
     if workers == 0:
         # Equal cores: with no workers the baselines load in the calling process, and so does
         # vlpipe's inline mode; threads mode needs at least one worker.
         modes = [m for m in modes if m == "inline"]
-    settings = BenchSettings(str(cache_dir), None if source is None else str(source), batch_size, workers,
+    settings = BenchRun(str(cache_dir), None if source is None else str(source), batch_size, workers,
                              seconds, rounds, cold, list(modes), list(baselines), max_source_samples,
                              sorted({1, max(1, workers)}))
     image_files = [str(shard.path(cache_dir, "images")) for shard in manifest.shards]
@@ -134,40 +139,11 @@ def bench_dataloader(
     return {"machine": machine, "results": results, "ceiling_samples_per_s": round(ceiling, 1)}
 
 
-def _check_arguments(num_samples: int, batch_size: int, workers: int, seconds: float, rounds: int,
-                     modes: Sequence[str], baselines: Sequence[str], max_source_samples: int) -> None:
-    if batch_size < 1:
-        raise VlpipeError(f"--batch-size must be at least 1, got {batch_size}")
-    if batch_size > num_samples:
-        raise VlpipeError(f"--batch-size {batch_size} is larger than the cache ({num_samples} samples)")
-    if batch_size > max_source_samples:
-        raise VlpipeError(f"--batch-size {batch_size} is larger than --max-source-samples {max_source_samples}")
-    if workers < 0:
-        raise VlpipeError(f"--workers must be 0 or more, got {workers}")
-    if seconds <= 0:
-        raise VlpipeError(f"--seconds must be positive, got {seconds}")
-    if rounds < 1:
-        raise VlpipeError(f"--rounds must be at least 1, got {rounds}")
-    unknown = [m for m in modes if m not in VLPIPE_MODES]
-    if unknown:
-        raise VlpipeError(f"unknown vlpipe mode(s) {', '.join(unknown)}; choose from {', '.join(VLPIPE_MODES)}")
-    if not modes:
-        raise VlpipeError(f"--modes is empty: give one or more of {', '.join(VLPIPE_MODES)}")
-    unknown = [b for b in baselines if b not in BASELINES]
-    if unknown:
-        raise VlpipeError(f"unknown baseline(s) {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
-    if BASELINE not in baselines:
-        raise VlpipeError(f"--baselines must include {BASELINE}: every ratio is taken against it")
-    if workers == 0 and "inline" not in modes:
-        # Otherwise the run would quietly measure the baselines alone.
-        raise VlpipeError(f"--workers 0 runs only vlpipe's inline mode, and --modes {','.join(modes)} leaves it out")
-
-
 def _other_cache_files(manifest: Any, cache_dir: Path) -> list[Path]:
     return [shard.path(cache_dir, kind) for shard in manifest.shards for kind in ("tokens", "lengths")]
 
 
-def _interleave(pipelines: list[Pipeline], settings: BenchSettings, image_files: list[str],
+def _interleave(pipelines: list[Pipeline], settings: BenchRun, image_files: list[str],
                 drop_before_runs: str | None, progress: Progress | None
                 ) -> tuple[dict[str, list[RoundResult]], dict[tuple[int, str], list[float]]]:
     steps_per_round = len(SERIES) * len(settings.ceiling_processes) + len(pipelines)
