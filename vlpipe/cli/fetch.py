@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from vlpipe.cli.options import cli_options
-from vlpipe.fetch.config import CcCommand, TsvCommand
+from vlpipe.fetch.config import CcCommand, ReportCommand, TsvCommand
 from vlpipe.fetch.tally import fetch_report, format_report
 from vlpipe.settings import load_settings
 
@@ -56,8 +56,9 @@ def tsv(source: str, config_file: str | None, **flags: Any) -> None:
 
 @fetch.command("report", short_help="Kept, dropped by reason, bytes and speed of a fetch.")
 @click.argument("directory", type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def report(directory: Path, as_json: bool) -> None:
+@cli_options(ReportCommand)
+def report(directory: Path, config_file: str | None, **flags: Any) -> None:
     """Attempted, kept, dropped by reason, bytes, images/s and duration of a fetch."""
+    settings = load_settings(ReportCommand, config_file, flags)
     result = fetch_report(directory)
-    click.echo(json.dumps(result, indent=2) if as_json else format_report(result))
+    click.echo(json.dumps(result, indent=2) if settings.as_json else format_report(result))

@@ -70,6 +70,7 @@ def cli_options(cls: type[Settings], *, skip: tuple[str, ...] = (), config_file:
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         for option in reversed(options):
             func = option(func)
+        func.__vlpipe_settings__ = cls  # type: ignore[attr-defined]  # tests check --help against it
         return func
 
     return decorate

@@ -128,3 +128,9 @@ class TsvCommand(FetchCommand):
     """`vlpipe fetch tsv`: any caption/URL list."""
 
     out: str = setting(help="Output folder.", min_length=1)
+
+
+class ReportCommand(Settings):
+    """`vlpipe fetch report`."""
+
+    as_json: bool = setting(False, "Print the report as JSON.", flag="--json", negatable=False)
