@@ -169,7 +169,8 @@ class FinetuneTask:
         self.is_main = info.is_main
         self.best_file: Path = Path(config.out) / f"seed-{seed}" / BEST_FILE
         # Early stopping: everything a checkpoint must restore.
-        self.state: dict[str, Any] = {"best": None, "best_epoch": 0, "bad_epochs": 0, "improved": False}
+        self.state: dict[str, Any] = {"first": None, "best": None, "best_epoch": 0, "bad_epochs": 0}
+        self.noise = 2 * math.sqrt(0.25 / max(1, len(self.val_set)))
         self.warmup_epochs = 0.0
 
     def cadence(self, steps_per_epoch: int) -> Cadence:
@@ -189,17 +190,21 @@ class FinetuneTask:
     def after_eval(self, metrics: dict[str, float], epoch: int) -> bool:
         """Keep the best weights; stop after `patience` epochs without a better validation metric.
 
-        Epochs without improvement are counted only once the metric has improved on its first value
-        and warmup is over: a model still at its starting level (at chance, or with the learning rate
-        still rising) has not started to learn yet, and stopping it there would report chance.
+        Epochs without improvement are counted only once the model has left its starting level and
+        warmup is over. Left means: the best value beats the first epoch's by more than two standard
+        errors of a score on this validation split (2 * sqrt(0.25 / n)), the size of the noise a model
+        still at chance shows from epoch to epoch. Counting from any first "improvement" stopped
+        from-scratch runs at chance after a lucky epoch 2 (benchmarks/results/finetune_lr_sweep.json).
         """
         value = metrics[self.metric] if math.isfinite(metrics[self.metric]) else -math.inf
         s = self.state
+        if s["first"] is None:
+            s["first"] = value
         if s["best"] is None or value > s["best"]:
-            s.update(improved=s["best"] is not None or s["improved"], best=value, best_epoch=epoch, bad_epochs=0)
+            s.update(best=value, best_epoch=epoch, bad_epochs=0)
             with atomic_path(self.best_file) as tmp:
                 save_model(self.model, str(tmp))
-        elif s["improved"] and epoch > self.warmup_epochs:
+        elif s["best"] - s["first"] > self.noise and epoch > self.warmup_epochs:
             s["bad_epochs"] += 1
         return bool(self.config.patience and s["bad_epochs"] >= self.config.patience)
 
