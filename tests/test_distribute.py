@@ -26,12 +26,12 @@ from imageserver import ImageServer
 from test_fetch import FAST, drop_reasons, read_samples, run_fetch
 from test_merge import FLAGS, assert_same_cache, build_parts, vlpipe
 from test_writer import OPTS, _png
-from vlpipe.fetch.tally import fetch_report
 
 from vlpipe.cache.writer import build_cache
 from vlpipe.cli.fetch import fetch
 from vlpipe.errors import VlpipeError
 from vlpipe.fetch import safety
+from vlpipe.fetch.tally import fetch_report
 from vlpipe.text import load_tokenizer
 from vlpipe.utils.raysession import ray_session
 

@@ -17,8 +17,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vlpipe.train.live import LiveView, format_stats
-
 STEPS, EVERY = 160, 40
 pytestmark = pytest.mark.slow
 
@@ -107,14 +105,3 @@ def test_ctrl_c_or_sigterm_checkpoints_first_and_says_how_to_resume(cache, refer
     assert "continue it with:" in err and "--resume" in err.splitlines()[-1]
     assert (out / "checkpoints" / f"step_{step:08d}" / "state.json").exists()
     _resume_and_compare(cache, out, reference)
-
-
-def test_progress_fits_80_columns_and_logs_get_plain_lines(capsys):
-    record = {"loss": 8.2971, "mlm_loss": 5.1, "mlm_acc": 0.12, "ap_loss": 0.69, "ap_acc": 0.5, "mim_loss": 3.3,
-              "mim_top1": 0.1, "samples_per_s": 1388.0, "data_wait": 0.012}
-    assert format_stats(record, 20) == "loss 8.297"  # the main loss always, secondary fields only if they fit
-    assert len(format_stats(record, 50)) <= 50 and "mlm" in format_stats(record, 50)
-    view = LiveView(100, 10, enabled=True, title="pretrain", every=0.0)  # not a terminal here (captured)
-    view.update(20, record)
-    line = capsys.readouterr().err.strip()
-    assert line.startswith("pretrain step 20/100 (20%)") and "ETA" in line and "loss 8.297" in line

@@ -239,7 +239,7 @@ def explain(exc: ValidationError, cls: type[Settings], source: str, flags: Mappi
     """
     error = exc.errors()[0]
     name, info, inside = _field_at(cls, tuple(error["loc"]))
-    if info is not None and section_class(info.annotation) and not inside:
+    if info is not None and section_class(info.annotation) and not inside and error["type"] == "value_error":
         name, info = "", None  # a check across a section's settings: its message names them
     if dotted and name:
         name = ".".join(str(part) for part in error["loc"] if isinstance(part, str))
