@@ -65,6 +65,9 @@ class RunSettings(Settings):
     keep_checkpoints: int = setting(2, "Checkpoints kept on disk (the newest); 0 = all.", ge=0)
     resume: bool = setting(False, "Continue the run in --out from its latest checkpoint (same settings), exactly.",
                            negatable=False)
+    verify_cache: Literal["auto", "always", "never"] = setting(
+        "auto", "Check the cache's files against the sha256 sums of its manifest before training: auto = the "
+        "files changed since they last matched (remembered in ~/.cache/vlpipe/verified), always, or never.")
     workers: int = setting(2, "Loader threads.", ge=0)
     loader_mode: Literal[MODES] = setting("threads", "How the loader gathers batches.")  # type: ignore[valid-type]
     live: bool = setting(True, "Rich live view on a terminal.")

@@ -27,6 +27,7 @@ from typing import Any, NamedTuple, Protocol
 import torch
 from torch import nn
 
+from vlpipe.cache.integrity import check_files
 from vlpipe.cache.loader import CacheLoader
 from vlpipe.cache.reader import CacheDataset
 from vlpipe.cache.sampler import CacheSampler
@@ -165,6 +166,9 @@ class Loop:
                  seed: int, on_step: Callable[[StepInfo], None] | None = None) -> None:
         self.settings, self.task, self.info, self.device = settings, task, info, device
         self.run_dir, self.on_step = run_dir, on_step
+        if info.is_main:  # a damaged cache must not train silently (vlpipe/cache/integrity.py)
+            check_files(settings.cache, settings.verify_cache, quiet=not settings.live)
+        barrier(info)
         self.runner: nn.Module = task.objective
         if info.enabled:
             from torch.nn.parallel import DistributedDataParallel
