@@ -266,3 +266,22 @@ def test_row_without_url_says_so(tmp_path: Path) -> None:
         2: ("bad_url", "empty URL"),
         3: ("bad_scheme", "only http(s) URLs with a host are fetched"),
     }
+
+
+def test_a_list_of_only_private_addresses_names_the_flag_before_downloading(
+    good_list: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    code, err = run_cli(["fetch", "tsv", str(good_list), "--out", str(out)], capsys)
+    assert_one_line_error(code, err, "every URL is on a loopback or private address", "--allow-private-network")
+    assert not out.exists()  # refused before img2dataset started or anything was written
+
+
+def test_all_private_needs_every_host_to_be_a_literal_private_address() -> None:
+    from vlpipe.fetch.safety import all_private
+
+    assert all_private(["http://127.0.0.1:9/a.jpg", "http://10.0.0.7/c", "http://[::1]/d"])
+    assert not all_private(["http://127.0.0.1:9/a.jpg", "http://localhost/b.jpg"])  # a name: the guard resolves it
+    assert not all_private(["http://127.0.0.1/a.jpg", "http://8.8.8.8/b.jpg"])
+    assert not all_private(["http://example.invalid/a.jpg"])  # a name: the guard decides, after its own lookup
+    assert not all_private([])

@@ -33,6 +33,7 @@ from vlpipe.errors import VlpipeError
 from vlpipe.fetch.config import DEFAULT_DOWNLOAD_DIR, FetchConfig, VerifyConfig
 from vlpipe.fetch.download import run_img2dataset
 from vlpipe.fetch.publish import done_path, finalize_shard
+from vlpipe.fetch.safety import all_private
 from vlpipe.fetch.shardwriter import written_by_us
 from vlpipe.fetch.tally import (
     CONFIG_FILE,
@@ -101,6 +102,9 @@ def fetch_tsv(
         )
         if selection.rows.num_rows == 0:
             raise VlpipeError(_nothing_to_fetch(source, selection))
+        if not cfg.policy.allow_private_network and all_private(selection.rows.column("url").to_pylist()):
+            raise VlpipeError(f"{source}: every URL is on a loopback or private address, which fetch refuses "
+                              "unless you pass --allow-private-network (tests, intranets)")
         out.mkdir(parents=True, exist_ok=True)
         _remove_leftovers(out)
         record = {"format": "vlpipe-fetch", "version": 1, "options": fixed, "runs": []}
@@ -133,9 +137,11 @@ def fetch_tsv(
     if report["kept"] == 0:
         # A complete fetch with no image is a mistake (e.g. a missing --allow-private-network or a
         # dead mirror), not a dataset: say so rather than hand an empty folder to build-cache.
+        hint = ("; private_address: pass --allow-private-network to fetch from loopback/intranet hosts"
+                if report["dropped"].get("private_address") else "")
         raise VlpipeError(
             f"{out}: no image was kept: all {report['attempted']} rows were dropped "
-            f"({_reasons(report['dropped'])}); each row's reason is in {out}/vlpipe_*drops.parquet"
+            f"({_reasons(report['dropped'])}); each row's reason is in {out}/vlpipe_*drops.parquet{hint}"
         )
     return report
 

@@ -57,6 +57,23 @@ def scheme_problem(url: str) -> str | None:
     return None
 
 
+def all_private(urls: list[str]) -> bool:
+    """True when every URL names its host as a literal non-public address (127.0.0.1, 10.0.0.7, ::1).
+
+    Checked before img2dataset starts, without any DNS lookup: a list made only of such URLs would
+    otherwise spend its start-up and timeouts to drop every row as `private_address`. Names
+    (`localhost` included) are left to the guard, which resolves them inside the download.
+    """
+    def private(url: str) -> bool:
+        host = urlsplit(url).hostname or ""
+        try:
+            return not is_public_address(host)
+        except ValueError:  # a name, not an address: only the guard's own lookup can tell
+            return False
+
+    return bool(urls) and all(private(u) for u in urls)
+
+
 def is_public_address(address: str) -> bool:
     """True only for globally routable unicast addresses (no loopback/private/link-local/reserved)."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
