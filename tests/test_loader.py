@@ -144,17 +144,17 @@ def test_threads_chunks_cover_uneven_and_last_partial_batches(cache, batch_size)
 def test_waiting_consumer_gathers_chunks_itself(cache, monkeypatch):
     """threads mode: while the crew is busy, the consuming thread copies the batch's other chunks."""
     ds, ref = cache
-    original = ds.fill_images
+    original = ds.fill_rows
     copied_by: list[str] = []
 
-    def slow_crew(plan, images, lo, hi):
+    def slow_crew(plan, batch, lo, hi):
         name = threading.current_thread().name
         copied_by.append(name)
         if name.startswith("vlpipe-gather"):
             time.sleep(0.05)  # a crew slower than the consumer: it must not sit and wait
-        return original(plan, images, lo, hi)
+        return original(plan, batch, lo, hi)
 
-    monkeypatch.setattr(ds, "fill_images", slow_crew)
+    monkeypatch.setattr(ds, "fill_rows", slow_crew)
     monkeypatch.setattr("vlpipe.cache.loader.CHUNK_ROWS", 2)
     with CacheLoader(ds, batch_size=8, sampler=CacheSampler(len(ds), seed=3), mode="threads", workers=1) as loader:
         for batch in loader:
@@ -188,14 +188,14 @@ def test_gather_error_propagates_with_its_message(cache, mode, monkeypatch):
         return original(indices, *args, **kwargs)
 
     monkeypatch.setattr(ds, "gather", failing)
-    original_fill = ds.fill_images
+    original_fill = ds.fill_rows
 
-    def failing_fill(plan, images, lo, hi):  # threads mode copies image rows chunk by chunk
-        if 5 in plan.glob[lo:hi].tolist():
+    def failing_fill(plan, batch, lo, hi):  # threads mode copies image rows chunk by chunk
+        if 5 in plan.glob[plan.order[lo:hi]].tolist():
             raise ValueError("boom at sample 5")
-        return original_fill(plan, images, lo, hi)
+        return original_fill(plan, batch, lo, hi)
 
-    monkeypatch.setattr(ds, "fill_images", failing_fill)
+    monkeypatch.setattr(ds, "fill_rows", failing_fill)
     with pytest.raises(ValueError, match="boom at sample 5"):
         for _ in loader:
             pass

@@ -151,7 +151,7 @@ def test_row_ranges_filled_by_threads_make_the_whole_batch(cache, path):
         plan = ds.plan(plan_indices)
         ds.fill_small(plan, out)
         images = out["images"].numpy()
-        threads = [threading.Thread(target=ds.fill_images, args=(plan, images, lo, min(lo + 2, len(plan_indices))))
+        threads = [threading.Thread(target=ds.fill_rows, args=(plan, out, lo, min(lo + 2, len(plan_indices))))
                    for lo in range(0, len(plan_indices), 2)]
         for thread in threads:
             thread.start()

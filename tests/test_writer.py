@@ -59,7 +59,7 @@ def test_build_layout_matches_reference_and_doc(tmp_path, layout):
     manifest = build_cache(src, out, processes=1, **OPTS)
     m, images, tokens, lengths, meta = read_cache_as_user(out)
 
-    assert m["format"] == "vlpipe-cache" and m["version"] == 1
+    assert m["format"] == "vlpipe-cache" and m["version"] == 2 and m["image"]["codec"] == "raw"
     assert m["provenance"]["source_format"] == layout
     assert m["num_samples"] == manifest.num_samples == len(meta) == 9
     assert images.shape == (9, 16, 192) and images.dtype == np.uint8
