@@ -191,7 +191,7 @@ def write_layout(root: Path, layout: str, shards: list[list[Item]]) -> Path:
     return root
 
 
-def captioned_cache(root: Path, n: int, seed: int, val_fraction: float) -> Path:
+def captioned_cache(root: Path, n: int, seed: int, val_fraction: float, codec: str = "raw") -> Path:
     """A real 32 px / 8 px-patch cache of `n` synthetic captioned images (the demo's generator),
     built in a second or two: for tests that train or only need a cache to open."""
     from vlpipe.cache.writer import build_cache
@@ -199,7 +199,7 @@ def captioned_cache(root: Path, n: int, seed: int, val_fraction: float) -> Path:
 
     captions = make_dataset(root / "src", n=n, seed=seed, image_size=32)
     build_cache(captions, root / "cache", image_size=32, patch_size=8, max_len=16, tokenizer="wordpiece:200",
-                val_fraction=val_fraction, processes=1, quiet=True)
+                val_fraction=val_fraction, codec=codec, processes=1, quiet=True)
     return root / "cache"
 
 

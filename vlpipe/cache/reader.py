@@ -256,6 +256,8 @@ class CacheDataset:
     @staticmethod
     def batch_view(out: dict[str, torch.Tensor], b: int) -> dict[str, torch.Tensor]:
         """The first `b` rows of a `new_batch` output (a fresh dict: callers may replace entries)."""
+        if b == len(out["index"]):
+            return dict(out)
         return {k: v if k == "jpeg" else v[: b + 1] if k == "jpeg_offsets" else v[:b] for k, v in out.items()}
 
     def gather(
