@@ -6,13 +6,16 @@ one JPEG each, about 1/5 of the bytes at the default quality, so a cache several
 fits the page cache. Per shard the JPEGs are one flat uint8 array (`jpeg.npy`) and the row
 boundaries one int64 array of n + 1 offsets (`jpeg_offsets.npy`).
 
-The codec library is simplejpeg (libjpeg-turbo), chosen by measurement
-(benchmarks/bench_jpeg_codecs.py, benchmarks/RESULTS.md): the fastest encoder of the three
-measured (Pillow and OpenCV write the same libjpeg-turbo bytes, slower), deterministic (a rebuild
-is byte-identical), and the fastest CPU decoder, decoding straight into a reused buffer with the
-GIL released, so loader threads decode in parallel. Chroma is kept at full resolution (4:4:4):
-4:2:0 saves ~20% of the bytes but measured ~0.6 grey levels worse, above the 2.0 error bound at
-any quality below 96.
+The codec library is simplejpeg (libjpeg-turbo), chosen by measurement on 224-px crops of
+photographs (benchmarks/bench_jpeg_codecs.py, benchmarks/RESULTS.md). Encoding: the fastest of the
+three measured (3.7k images/s on one core at q90 4:4:4, OpenCV 3.6k, Pillow 2.8k; Pillow and OpenCV
+write the same libjpeg-turbo bytes, simplejpeg within 0.2% of their size), and deterministic, so a
+rebuild is byte-identical. Decoding: simplejpeg, Pillow, OpenCV and torchvision all release the GIL
+and, at 4:4:4, decode within noise of each other on the 2-core machine (~2.1k images/s per thread,
+patchify included); simplejpeg is kept because it decodes into a buffer the thread reuses, refuses
+damaged data instead of warning and returning garbage (torchvision's CPU decoder does), and is the
+fastest at 4:2:0. Chroma stays at full resolution (4:4:4): 4:2:0 saves ~20% of the bytes but measured
+~0.55 grey levels worse, and over the 2.0 bound at quality 95 (2.24).
 
 Writers append images through an `ImageSink`; the file is streamed (memory stays flat) and its
 .npy header rewritten at the end, byte for byte what `np.save` writes. Nothing here imports
