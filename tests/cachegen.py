@@ -124,6 +124,28 @@ def photo_items(n: int, start: int = 0, size: tuple[int, int] = (48, 40)) -> lis
     ]
 
 
+PHOTO_NAMES = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "retina", "immunohistochemistry")
+
+
+def real_photo_items(n: int, min_side: int = 160) -> list[Item]:
+    """`n` JPEG sources cut from the colour photographs bundled with scikit-image (offline): random
+    crops of at least `min_side` px, aspect 3:4 to 4:3, for the codec's fidelity checks."""
+    import skimage.data
+
+    photos = [np.asarray(getattr(skimage.data, name)())[:, :, :3] for name in PHOTO_NAMES]
+    rng = np.random.default_rng(0)
+    items = []
+    for i in range(n):
+        photo = photos[i % len(photos)]
+        height, width = photo.shape[:2]
+        h = int(rng.integers(min_side, height + 1))
+        w = min(width, max(min_side, int(h * rng.uniform(0.75, 4 / 3))))
+        y, x = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+        crop = Image.fromarray(np.ascontiguousarray(photo[y : y + h, x : x + w]))
+        items.append(Item(f"{i:09d}", _encode(crop, "JPEG", quality=95), "jpg", f"a photograph, crop {i}"))
+    return items
+
+
 def _meta(item: Item) -> dict:
     return {"key": item.key, "url": f"http://127.0.0.1/img/{item.key}.{item.ext}", "caption": item.caption,
             "status": "success", "error_message": None}
@@ -169,7 +191,7 @@ def write_layout(root: Path, layout: str, shards: list[list[Item]]) -> Path:
     return root
 
 
-def captioned_cache(root: Path, n: int, seed: int, val_fraction: float) -> Path:
+def captioned_cache(root: Path, n: int, seed: int, val_fraction: float, codec: str = "raw") -> Path:
     """A real 32 px / 8 px-patch cache of `n` synthetic captioned images (the demo's generator),
     built in a second or two: for tests that train or only need a cache to open."""
     from vlpipe.cache.writer import build_cache
@@ -177,8 +199,33 @@ def captioned_cache(root: Path, n: int, seed: int, val_fraction: float) -> Path:
 
     captions = make_dataset(root / "src", n=n, seed=seed, image_size=32)
     build_cache(captions, root / "cache", image_size=32, patch_size=8, max_len=16, tokenizer="wordpiece:200",
-                val_fraction=val_fraction, processes=1, quiet=True)
+                val_fraction=val_fraction, codec=codec, processes=1, quiet=True)
     return root / "cache"
+
+
+def jpeg_cache(root: Path, n: int = 30, shards: int = 3) -> tuple[Path, np.ndarray, list[bytes]]:
+    """A real 32 px / 8 px-patch JPEG cache of `n` cut photographs in `shards` shards (rows of different
+    sizes), and what it holds by global sample number, read with numpy and simplejpeg only: each
+    sample's (16, 192) patches as decoded, and its JPEG bytes."""
+    import simplejpeg
+
+    from vlpipe.cache.writer import build_cache
+
+    items = real_photo_items(n, min_side=64)
+    per = -(-n // shards)
+    src = write_layout(root / "src", "webdataset", [items[i : i + per] for i in range(0, n, per)])
+    build_cache(src, root / "cache", image_size=32, patch_size=8, max_len=16, tokenizer="wordpiece:200",
+                val_fraction=0.3, codec="jpeg", processes=1, quiet=True)
+    m = json.loads((root / "cache/manifest.json").read_text())
+    patches, encoded = [], []
+    for shard in m["shards"]:
+        data = np.load(root / "cache" / shard["files"]["jpeg"]["path"])
+        offsets = np.load(root / "cache" / shard["files"]["jpeg_offsets"]["path"])
+        for start, end in zip(offsets[:-1], offsets[1:], strict=True):
+            encoded.append(data[start:end].tobytes())
+            img = simplejpeg.decode_jpeg(encoded[-1])
+            patches.append(img.reshape(4, 8, 4, 8, 3).transpose(0, 2, 1, 3, 4).reshape(16, 192))
+    return root / "cache", np.stack(patches), encoded
 
 
 # ---- labelled downstream datasets ------------------------------------------------------------------

@@ -18,6 +18,7 @@ from vlpipe.cache.format import (
     TextSpec,
     load_manifest,
     shard_file_relpath,
+    shard_files,
     split_of,
     token_dtype,
 )
@@ -25,18 +26,15 @@ from vlpipe.errors import VlpipeError
 from vlpipe.utils.names import shard_name
 
 
-def make_manifest(num_shards: int = 2, per_shard: int = 3) -> Manifest:
+def make_manifest(num_shards: int = 2, per_shard: int = 3, codec: str = "raw") -> Manifest:
     shards = []
     for k in range(num_shards):
         name = shard_name(k)
-        files = {
-            kind: FileEntry(shard_file_relpath(name, kind), 10 + k, "ab" * 32)
-            for kind in ("images", "tokens", "lengths", "meta")
-        }
+        files = {kind: FileEntry(shard_file_relpath(name, kind), 10 + k, "ab" * 32) for kind in shard_files(codec)}
         shards.append(ShardEntry(name, per_shard, f"{name}.tar", files))
     text = TextSpec("tokenizer.json", "cd" * 32, "wordpiece:100", 100, 16, "uint16", 0, 2, 3, 4, 1)
     return Manifest(
-        num_samples=num_shards * per_shard, image=ImageSpec.create(32, 8), text=text,
+        num_samples=num_shards * per_shard, image=ImageSpec.create(32, 8, codec, 95), text=text,
         splits={"train": 5, "val": 1}, shards=shards,
         provenance={"source": "/x", "options": {"image_size": 32}}, skipped={"undecodable": 1},
     )
@@ -56,6 +54,7 @@ def test_roundtrip_and_documented_keys(tmp_path):
         "image_size": 32, "patch_size": 8, "grid": 4, "num_patches": 16, "patch_dim": 192,
         "dtype": "uint8", "layout": "row-major patches; each patch flattened (patch_row, patch_col, channel)",
         "mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711],
+        "codec": "raw", "quality": None, "subsampling": None, "encoder": None,
     }
     assert d["shards"][1]["files"]["meta"] == {"path": "shards/00001/meta.parquet", "bytes": 11, "sha256": "ab" * 32}
     write(tmp_path, d)
@@ -103,7 +102,9 @@ def test_malformed_json(tmp_path):
     ("mutate", "message"),
     [
         (lambda d: d.update(format="other"), "format is 'other'"),
-        (lambda d: d.update(version=2), "version 2 is not supported"),
+        (lambda d: d.update(version=3), r"version 3 is not supported \(this vlpipe reads versions 1, 2\)"),
+        (lambda d: d["image"].pop("codec"), "missing field 'image.codec'"),
+        (lambda d: d["image"].update(codec="png"), "image.codec is 'png', expected one of raw, jpeg"),
         (lambda d: d["image"].pop("patch_size"), "missing field 'image.patch_size'"),
         (lambda d: d["text"].update(vocab_size="big"), "field 'text.vocab_size' has the wrong type"),
         (lambda d: d["shards"][1]["files"].pop("tokens"), r"missing field 'shards\[1\].files.tokens'"),
@@ -125,3 +126,37 @@ def test_bad_manifest_names_the_field(tmp_path, mutate, message):
     with pytest.raises(VlpipeError, match=message) as info:
         load_manifest(tmp_path)
     assert "\n" not in str(info.value)
+
+
+def test_jpeg_manifest_records_codec_and_lists_its_files(tmp_path):
+    m = make_manifest(codec="jpeg")
+    d = m.to_dict()
+    assert {k: d["image"][k] for k in ("codec", "quality", "subsampling")} == {
+        "codec": "jpeg", "quality": 95, "subsampling": "4:4:4"}
+    assert d["image"]["encoder"].startswith("simplejpeg ")
+    assert list(d["shards"][0]["files"]) == ["jpeg", "jpeg_offsets", "tokens", "lengths", "meta"]
+    assert d["shards"][0]["files"]["jpeg_offsets"]["path"] == "shards/00000/jpeg_offsets.npy"
+    write(tmp_path, d)
+    assert load_manifest(tmp_path) == m
+
+    for mutate, message in [
+        (lambda d: d["shards"][1]["files"].pop("jpeg_offsets"), r"missing field 'shards\[1\].files.jpeg_offsets'"),
+        (lambda d: d["image"].pop("quality"), "missing field 'image.quality'"),
+        (lambda d: d["image"].update(grid=3), "image sizes disagree"),
+    ]:
+        broken = m.to_dict()
+        mutate(broken)
+        write(tmp_path, broken)
+        with pytest.raises(VlpipeError, match=message):
+            load_manifest(tmp_path)
+
+
+def test_version_1_manifest_is_a_raw_cache(tmp_path):
+    """Version 1 had no codec fields: such a manifest still opens, as a raw cache."""
+    d = make_manifest().to_dict()
+    d["version"] = 1
+    for key in ("codec", "quality", "subsampling", "encoder"):
+        del d["image"][key]
+    write(tmp_path, d)
+    loaded = load_manifest(tmp_path)
+    assert loaded.version == 1 and loaded.image.codec == "raw" and loaded.image.files == {"images": "images.npy"}

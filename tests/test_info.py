@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import cachegen
 import numpy as np
 import pytest
@@ -128,3 +130,31 @@ def test_info_with_bad_n_prints_only_the_error(built, tmp_path, capsys):
     _, out = built
     code, stdout, err = run_cli(["cache", "info", str(out), "--grid", str(tmp_path / "g.png"), "--n", "0"], capsys)
     assert code == 1 and stdout == "" and err == "error: --n 0 must be at least 1\n"
+
+
+def test_jpeg_cache_info_contact_sheet_and_cli(built, tmp_path, capsys):
+    """The same source built with --codec jpeg: the table says how it is stored, the contact sheet
+    shows the decoded images (close to the raw cache's), and verify/info run from the command line."""
+    src, raw = built
+    out = tmp_path / "jpeg"
+    code, _, err = run_cli(["build-cache", str(src), "--out", str(out), "--image-size", "32", "--patch-size", "8",
+                            "--max-len", "16", "--tokenizer", "wordpiece:150", "--processes", "1",
+                            "--codec", "jpeg", "--jpeg-quality", "90"], capsys)
+    assert code == 0, err
+    rows = dict(cache_info(out))
+    assert rows["images"] == dict(cache_info(raw))["images"]
+    assert re.fullmatch(r"jpeg q90 4:4:4 \(simplejpeg [\d.]+\), [\d.]+ kB per image, [\d.]+% of raw", rows["codec"])
+    assert dict(cache_info(raw))["codec"] == "raw (uint8 patch rows)"
+    m, m_raw = load_manifest(out), load_manifest(raw)
+    image, caption = sample_rows(m, out, [1])[0]
+    image_raw, caption_raw = sample_rows(m_raw, raw, [1])[0]
+    assert caption == caption_raw and image.shape == (32, 32, 3)
+    assert np.abs(image.astype(int) - image_raw).mean() < 3  # the same picture, through JPEG q90
+    code, stdout, _ = run_cli(["cache", "verify", str(out)], capsys)
+    assert code == 0 and "ok (9 samples" in stdout
+    code, stdout, _ = run_cli(["cache", "info", str(out), "--grid", str(tmp_path / "g.png"), "--n", "4"], capsys)
+    assert code == 0 and "jpeg q90" in stdout and (tmp_path / "g.png").stat().st_size > 1000
+    code, _, err = run_cli(["build-cache", str(src), "--out", str(tmp_path / "x"), "--codec", "png"], capsys)
+    assert code == 2 and "'png' is not one of 'raw', 'jpeg'" in err
+    code, _, err = run_cli(["build-cache", str(src), "--out", str(tmp_path / "x"), "--jpeg-quality", "0"], capsys)
+    assert code == 1 and "--jpeg-quality 0: must be >= 1" in err

@@ -1,6 +1,7 @@
 """The tiny model really learns vision-language pretraining on captions that describe their images.
 
-One pretraining run (CPU, a few minutes) on the demo's synthetic captioned photos; each check states
+One pretraining run per cache codec (CPU, a few minutes each: the same demo data from a raw cache and
+from a JPEG cache, which must learn alike) on the demo's synthetic captioned photos; each check states
 its chance level and its strongest shortcut next to its threshold, and must beat the shortcut:
 - alignment prediction: chance 0.5 (half the pairs get another sample's caption), and neither
   stream alone can tell a swapped caption from the right one;
@@ -36,8 +37,8 @@ from vlpipe.train.pretrain import pretrain
 STEPS = 3500
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+@pytest.fixture(scope="module", params=["raw", "jpeg"])
+def trained(tmp_path_factory, request):
     from vlpipe.cache.writer import build_cache
     from vlpipe.demo.synth import make_dataset
 
@@ -47,7 +48,8 @@ def trained(tmp_path_factory):
     try:
         captions = make_dataset(root / "src", n=4000, seed=0, image_size=128)
         manifest = build_cache(captions, root / "cache", image_size=64, patch_size=16, max_len=24,
-                               tokenizer="wordpiece:400", val_fraction=0.1, processes=1, quiet=True)
+                               tokenizer="wordpiece:400", val_fraction=0.1, codec=request.param, processes=1,
+                               quiet=True)
         result = pretrain(PretrainConfig(
             cache=str(root / "cache"), out=str(root / "run"), preset="tiny", steps=STEPS, batch_size=64, lr=2e-3,
             model_overrides=every_dropout(0.0, ("dropout",)), warmup=0.05, eval_every=STEPS // 4, log_every=50,

@@ -144,17 +144,17 @@ def test_threads_chunks_cover_uneven_and_last_partial_batches(cache, batch_size)
 def test_waiting_consumer_gathers_chunks_itself(cache, monkeypatch):
     """threads mode: while the crew is busy, the consuming thread copies the batch's other chunks."""
     ds, ref = cache
-    original = ds.fill_images
+    original = ds.fill_rows
     copied_by: list[str] = []
 
-    def slow_crew(plan, images, lo, hi):
+    def slow_crew(plan, batch, lo, hi):
         name = threading.current_thread().name
         copied_by.append(name)
         if name.startswith("vlpipe-gather"):
             time.sleep(0.05)  # a crew slower than the consumer: it must not sit and wait
-        return original(plan, images, lo, hi)
+        return original(plan, batch, lo, hi)
 
-    monkeypatch.setattr(ds, "fill_images", slow_crew)
+    monkeypatch.setattr(ds, "fill_rows", slow_crew)
     monkeypatch.setattr("vlpipe.cache.loader.CHUNK_ROWS", 2)
     with CacheLoader(ds, batch_size=8, sampler=CacheSampler(len(ds), seed=3), mode="threads", workers=1) as loader:
         for batch in loader:
@@ -188,14 +188,14 @@ def test_gather_error_propagates_with_its_message(cache, mode, monkeypatch):
         return original(indices, *args, **kwargs)
 
     monkeypatch.setattr(ds, "gather", failing)
-    original_fill = ds.fill_images
+    original_fill = ds.fill_rows
 
-    def failing_fill(plan, images, lo, hi):  # threads mode copies image rows chunk by chunk
-        if 5 in plan.glob[lo:hi].tolist():
+    def failing_fill(plan, batch, lo, hi):  # threads mode copies image rows chunk by chunk
+        if 5 in plan.glob[plan.order[lo:hi]].tolist():
             raise ValueError("boom at sample 5")
-        return original_fill(plan, images, lo, hi)
+        return original_fill(plan, batch, lo, hi)
 
-    monkeypatch.setattr(ds, "fill_images", failing_fill)
+    monkeypatch.setattr(ds, "fill_rows", failing_fill)
     with pytest.raises(ValueError, match="boom at sample 5"):
         for _ in loader:
             pass
@@ -233,3 +233,76 @@ def test_pin_memory_batches_are_pinned_and_reach_the_gpu(cache, mode):
         torch.cuda.synchronize()
         indices = on_gpu["index"].cpu().numpy()
         assert np.array_equal(on_gpu["images"].cpu().numpy(), ref["images"][indices])
+
+
+@pytest.fixture(scope="module")
+def jpeg(tmp_path_factory):
+    import cachegen
+
+    return cachegen.jpeg_cache(tmp_path_factory.mktemp("jpeg"))
+
+
+def _rows_of(batch: dict[str, torch.Tensor]) -> list[bytes]:
+    bounds, data = batch["jpeg_offsets"].tolist(), batch["jpeg"].numpy()
+    return [data[a:b].tobytes() for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("decode", ["cpu", "device"])
+@pytest.mark.parametrize("mapped", [True, False])
+def test_jpeg_rows_of_different_sizes_keep_the_ownership_rule(jpeg, mode, decode, mapped):
+    """A JPEG cache's batches, decoded by the threads or handed over compressed, arrive in sampler
+    order, and the held batch stays intact while the next ones are gathered, across epochs."""
+    root, patches, encoded = jpeg
+    ds = CacheDataset(root, split=None, resident_limit=0 if mapped else 1)
+    sampler = CacheSampler(len(ds), seed=7)
+    loader = CacheLoader(ds, batch_size=6, sampler=sampler, mode=mode, workers=2, decode=decode)
+    assert loader.encoded == (decode == "device")
+    previous = None
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        expected = sampler.batches(6, drop_last=True)
+        for batch, indices in zip(loader, expected, strict=True):
+            assert batch["index"].tolist() == indices.tolist()
+            if decode == "device":
+                assert "images" not in batch and _rows_of(batch) == [encoded[i] for i in indices]
+            else:
+                assert np.array_equal(batch["images"].numpy(), patches[indices])
+            if previous is not None:  # the ownership rule, with rows of other sizes in every slot
+                held, held_indices = previous
+                if decode == "device":
+                    assert _rows_of(held) == [encoded[i] for i in held_indices]
+                else:
+                    assert np.array_equal(held["images"].numpy(), patches[held_indices])
+            previous = (batch, indices.copy())
+    loader.close()
+    assert not _gather_threads()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_bad_jpeg_row_stops_the_loader_with_a_line_naming_it(jpeg, tmp_path, mode):
+    import shutil
+
+    root, _, _ = jpeg
+    shutil.copytree(root, tmp_path / "cache")
+    offsets = np.load(tmp_path / "cache/shards/00000/jpeg_offsets.npy")
+    data = np.load(tmp_path / "cache/shards/00000/jpeg.npy", mmap_mode="r+")
+    data[offsets[5] : offsets[6]] = 7  # the whole row overwritten
+    data.flush()
+    ds = CacheDataset(tmp_path / "cache", split=None)
+    with pytest.raises(VlpipeError, match=r"shards/00000/jpeg.npy: row 5 is not a decodable 32x32 JPEG"):
+        for _ in CacheLoader(ds, batch_size=4, sampler=CacheSampler(len(ds), seed=0), mode=mode, workers=2):
+            pass
+    assert not _gather_threads()
+
+
+def test_decode_setting_is_checked_and_auto_follows_the_device(cache):
+    from vlpipe.cache.loader import decode_where
+
+    ds, _ref = cache
+    with pytest.raises(VlpipeError, match=r"unknown decode 'gpu'; choose one of cpu, device"):
+        CacheLoader(ds, decode="gpu")
+    assert not CacheLoader(ds, decode="device").encoded  # a raw cache has nothing to decode
+    assert decode_where("auto", torch.device("cuda")) == "device"
+    assert decode_where("auto", torch.device("cpu")) == "cpu"
+    assert decode_where("cpu", torch.device("cuda")) == "cpu"

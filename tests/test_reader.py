@@ -22,7 +22,8 @@ torch.set_num_threads(1)
 PATCHES, PATCH_DIM, MAX_LEN, PAD = 4, 12, 6, 0
 
 
-def write_cache(root: Path, shard_sizes=(5, 7, 4), labels: bool = False, seed: int = 0) -> dict[str, np.ndarray]:
+def write_cache(root: Path, shard_sizes=(5, 7, 4), labels: bool = False, seed: int = 0,
+                patch_dim: int = PATCH_DIM) -> dict[str, np.ndarray]:
     """Write a cache per the format doc; return the concatenated arrays and splits for checking."""
     rng = np.random.default_rng(seed)
     shards, everything, total = [], {"images": [], "tokens": [], "lengths": [], "split": [], "labels": []}, 0
@@ -33,7 +34,7 @@ def write_cache(root: Path, shard_sizes=(5, 7, 4), labels: bool = False, seed: i
         lengths = rng.integers(2, MAX_LEN + 1, size=n).astype(np.uint16)
         tokens = rng.integers(5, 100, size=(n, MAX_LEN)).astype(np.uint16)
         tokens[np.arange(MAX_LEN)[None, :] >= lengths[:, None]] = PAD
-        arrays = {"images": rng.integers(0, 256, size=(n, PATCHES, PATCH_DIM), dtype=np.uint8),
+        arrays = {"images": rng.integers(0, 256, size=(n, PATCHES, patch_dim), dtype=np.uint8),
                   "tokens": tokens, "lengths": lengths}
         if labels:
             arrays["labels"] = rng.integers(0, 3, size=n).astype(np.int64)
@@ -59,7 +60,7 @@ def write_cache(root: Path, shard_sizes=(5, 7, 4), labels: bool = False, seed: i
     out = {k: np.concatenate(v) for k, v in everything.items() if v}
     manifest = {
         "format": "vlpipe-cache", "version": 1, "num_samples": total,
-        "image": {"image_size": 4, "patch_size": 2, "grid": 2, "num_patches": PATCHES, "patch_dim": PATCH_DIM,
+        "image": {"image_size": 4, "patch_size": 2, "grid": 2, "num_patches": PATCHES, "patch_dim": patch_dim,
                   "dtype": "uint8", "layout": "row-major patches; each patch flattened (patch_row, patch_col, channel)",
                   "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
         "text": {"tokenizer_file": "tokenizer.json", "tokenizer_sha256": "0" * 64, "tokenizer_spec": "wordpiece:100",
@@ -151,7 +152,7 @@ def test_row_ranges_filled_by_threads_make_the_whole_batch(cache, path):
         plan = ds.plan(plan_indices)
         ds.fill_small(plan, out)
         images = out["images"].numpy()
-        threads = [threading.Thread(target=ds.fill_images, args=(plan, images, lo, min(lo + 2, len(plan_indices))))
+        threads = [threading.Thread(target=ds.fill_rows, args=(plan, out, lo, min(lo + 2, len(plan_indices))))
                    for lo in range(0, len(plan_indices), 2)]
         for thread in threads:
             thread.start()
@@ -250,3 +251,30 @@ def test_unknown_split_and_incomplete_cache(cache):
     (root / "manifest.json").unlink()
     with pytest.raises(VlpipeError, match="not a complete vlpipe cache"):
         CacheDataset(root)
+
+
+def _rss_file_mb() -> float:
+    """This process's resident pages of mapped files (Linux): where read-through-the-map pages go."""
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("RssFile:")[1].split()[0]) / 1e3
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RssFile from /proc (Linux)")
+def test_a_cache_read_with_pread_keeps_rss_flat(tmp_path):
+    """A cache too big to stay mapped is read with pread, which maps nothing: an epoch over 38 MB of
+    rows leaves the process's file-backed RSS flat, while reading through the maps charges them to it."""
+    from vlpipe.cache import CacheLoader, CacheSampler
+
+    write_cache(tmp_path, shard_sizes=(64, 64, 64, 64), patch_dim=37632)  # 150,528-byte rows
+
+    def growth(resident_limit: int) -> float:
+        ds = CacheDataset(tmp_path, split=None, resident_limit=resident_limit)
+        before = _rss_file_mb()
+        with CacheLoader(ds, batch_size=16, sampler=CacheSampler(len(ds), seed=0), workers=1) as loader:
+            for _ in loader:
+                pass
+            return _rss_file_mb() - before
+
+    pread, mapped = growth(1 << 20), growth(0)
+    assert pread < 2, pread
+    assert mapped > 30, mapped  # the measure can tell: mapped reads put the file's pages in RSS

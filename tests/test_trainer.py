@@ -129,6 +129,18 @@ def test_loader_modes_train_identically_across_epochs_and_leave_no_workers(small
     assert not [t for t in threading.enumerate() if t.name.startswith("vlpipe-gather")]
 
 
+def test_jpeg_cache_trains_the_same_decoded_by_the_loader_or_on_the_device(tmp_path):
+    """--jpeg-decode device hands compressed batches to the loop, which decodes them with torchvision
+    (on the CPU here, nvJPEG on CUDA): the same pixels as the loader's threads, so the same run."""
+    cache = cachegen.captioned_cache(tmp_path / "jpeg", n=48, seed=0, val_fraction=0.2, codec="jpeg")
+    for decode in ("cpu", "device"):
+        pretrain(_config(cache, tmp_path / decode, steps=4, jpeg_decode=decode, workers=2))
+    assert _train_losses(tmp_path / "cpu") == _train_losses(tmp_path / "device")
+    a, b = _weights(tmp_path / "cpu", 4), _weights(tmp_path / "device", 4)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((tmp_path / "device/config.json").read_text())["pretrain"]["jpeg_decode"] == "device"
+
+
 def test_resume_from_a_state_missing_trainer_fields_is_a_clear_error(small_cache, tmp_path):
     pretrain(_config(small_cache, tmp_path, steps=2, ckpt_every=1))
     state_file = tmp_path / "checkpoints" / "step_00000002" / "state.json"

@@ -148,3 +148,73 @@ def test_bad_labels_section_is_found(labelled, tmp_path):
     (cache / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(VlpipeError, match=r"labels.task is 'regression', expected one of binary"):
         check_cache(cache)
+
+
+@pytest.fixture(scope="module")
+def sound_jpeg(tmp_path_factory):
+    root = tmp_path_factory.mktemp("verify-jpeg")
+    items = cachegen.real_photo_items(6, min_side=48)
+    src = cachegen.write_layout(root / "src", "webdataset", [items[:3], items[3:]])
+    build_cache(src, root / "cache", processes=1, codec="jpeg", **OPTS)
+    return root / "cache"
+
+
+@pytest.fixture
+def jpeg(sound_jpeg, tmp_path):
+    copy = tmp_path / "cache"
+    shutil.copytree(sound_jpeg, copy)
+    return copy
+
+
+def _rehash(cache, rel: str) -> None:
+    """Record a file's new size and sha256 in the manifest, as a cache written by another tool would."""
+    manifest = json.loads((cache / "manifest.json").read_text())
+    for shard in manifest["shards"]:
+        for entry in shard["files"].values():
+            if entry["path"] == rel:
+                entry["bytes"], entry["sha256"] = (cache / rel).stat().st_size, sha256_file(cache / rel)
+    (cache / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_sound_jpeg_cache_passes_with_every_image_decoded(jpeg):
+    assert load_manifest(jpeg).image.codec == "jpeg"
+    assert verify_cache(jpeg) == [] and verify_cache(jpeg, checksums=False, decode=False) == []
+
+
+@pytest.mark.parametrize("name", ["jpeg.npy", "jpeg_offsets.npy"])
+def test_flipped_byte_in_jpeg_bytes_or_offsets_is_caught(jpeg, name):
+    path = jpeg / "shards/00001" / name
+    offsets = np.load(jpeg / "shards/00001/jpeg_offsets.npy")
+    data = bytearray(path.read_bytes())
+    header = len(data) - (offsets[-1] if name == "jpeg.npy" else 8 * len(offsets))
+    # the first byte of row 1's JPEG, or the low byte of its offset
+    position = header + (int(offsets[1]) if name == "jpeg.npy" else 8)
+    data[position] ^= 0x01
+    path.write_bytes(bytes(data))
+    assert verify_cache(jpeg) == [f"{path}: sha256 differs from the manifest (file modified or corrupt)"]
+    # without the checksums, decoding (or the offsets check) still finds it, naming the row
+    problems = verify_cache(jpeg, checksums=False)
+    assert len(problems) == 1
+    assert re.match(rf"{re.escape(str(jpeg / 'shards/00001/jpeg.npy'))}: row [01] is not a decodable 16x16 JPEG \(",
+                    problems[0])
+
+
+def test_bad_jpeg_under_matching_checksums_is_found_by_decoding(jpeg):
+    rel = "shards/00000/jpeg.npy"
+    offsets = np.load(jpeg / "shards/00000/jpeg_offsets.npy")
+    arr = np.load(jpeg / rel)
+    arr[offsets[2] + 20 : offsets[3]] = 0  # row 2: header intact, its image data zeroed
+    np.save(jpeg / rel, arr)
+    _rehash(jpeg, rel)
+    problems = verify_cache(jpeg)
+    assert len(problems) == 1 and problems[0].startswith(f"{jpeg / rel}: row 2 is not a decodable 16x16 JPEG (")
+    assert verify_cache(jpeg, decode=False) == []  # what --no-decode skips
+
+
+def test_bad_jpeg_offsets_are_named(jpeg):
+    rel = "shards/00001/jpeg_offsets.npy"
+    offsets = np.load(jpeg / rel)
+    offsets[2] = offsets[1]
+    np.save(jpeg / rel, offsets)
+    _rehash(jpeg, rel)
+    assert verify_cache(jpeg, decode=False) == [f"{jpeg / rel}: row 1 has no bytes (offset {offsets[1]} to {offsets[1]})"]

@@ -59,7 +59,7 @@ def test_build_layout_matches_reference_and_doc(tmp_path, layout):
     manifest = build_cache(src, out, processes=1, **OPTS)
     m, images, tokens, lengths, meta = read_cache_as_user(out)
 
-    assert m["format"] == "vlpipe-cache" and m["version"] == 1
+    assert m["format"] == "vlpipe-cache" and m["version"] == 2 and m["image"]["codec"] == "raw"
     assert m["provenance"]["source_format"] == layout
     assert m["num_samples"] == manifest.num_samples == len(meta) == 9
     assert images.shape == (9, 16, 192) and images.dtype == np.uint8
@@ -119,21 +119,24 @@ def test_jpeg_draft_stays_close_to_full_decode(tmp_path):
 
 
 @pytest.mark.slow  # worker processes import torch (through vlpipe.cache) on start
-def test_rebuild_is_byte_identical_across_process_counts(tmp_path):
+@pytest.mark.parametrize("codec", ["raw", "jpeg"])
+def test_rebuild_is_byte_identical_across_process_counts(tmp_path, codec):
     items = cachegen.hard_items() + cachegen.photo_items(6, 100)
     src = cachegen.write_layout(tmp_path / "src", "webdataset", [items[:5], items[5:10], items[10:]])
-    build_cache(src, tmp_path / "a", processes=1, **OPTS)
-    build_cache(src, tmp_path / "b", processes=2, **OPTS)
+    build_cache(src, tmp_path / "a", processes=1, codec=codec, **OPTS)
+    build_cache(src, tmp_path / "b", processes=2, codec=codec, **OPTS)
     a, b = cache_bytes(tmp_path / "a"), cache_bytes(tmp_path / "b")
     assert a.keys() == b.keys() and all(a[k] == b[k] for k in a)
-    # images.npy is exactly what np.save writes (the header is rewritten in place at the end)
-    arr = np.load(tmp_path / "a/shards/00000/images.npy")
+    # the streamed image file is exactly what np.save writes (the header is rewritten in place at the end)
+    name = "images.npy" if codec == "raw" else "jpeg.npy"
+    arr = np.load(tmp_path / f"a/shards/00000/{name}")
     buf = io.BytesIO()
     np.save(buf, arr)
-    assert buf.getvalue() == a["shards/00000/images.npy"]
+    assert buf.getvalue() == a[f"shards/00000/{name}"]
 
 
-def test_resume_after_kill_matches_uninterrupted_build(tmp_path):
+@pytest.mark.parametrize("codec", ["raw", "jpeg"])
+def test_resume_after_kill_matches_uninterrupted_build(tmp_path, codec):
     shards = [cachegen.photo_items(3, 10 * k) for k in range(3)]
     # the fourth shard is slow enough (many PNGs, no draft) to be killed in the middle of it
     shards.append([it._replace(data=_png(it.data), ext="png") for it in cachegen.photo_items(150, 100, (160, 120))])
@@ -141,7 +144,7 @@ def test_resume_after_kill_matches_uninterrupted_build(tmp_path):
     out = tmp_path / "killed"
     code = (f"from vlpipe.cache.writer import build_cache; build_cache({str(src)!r}, {str(out)!r}, "
             f"processes=1, image_size={SIZE}, patch_size={PATCH}, max_len={MAX_LEN}, "
-            "tokenizer='wordpiece:200', val_fraction=0.3, quiet=True)")
+            f"tokenizer='wordpiece:200', val_fraction=0.3, quiet=True, codec={codec!r})")
     proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": os.getcwd()})
     deadline = time.monotonic() + 120
     while not (out / "shards/00002/done.json").exists():
@@ -154,11 +157,38 @@ def test_resume_after_kill_matches_uninterrupted_build(tmp_path):
         load_manifest(out)
 
     kept = {n: (out / f"shards/{n}/done.json").stat().st_mtime_ns for n in ("00000", "00001", "00002")}
-    build_cache(src, out, processes=1, **OPTS)
+    build_cache(src, out, processes=1, codec=codec, **OPTS)
     assert {n: (out / f"shards/{n}/done.json").stat().st_mtime_ns for n in kept} == kept
     assert not list(out.rglob(".tmp-*")) and not (out / "build.json").exists()
-    build_cache(src, tmp_path / "clean", processes=1, **OPTS)
+    build_cache(src, tmp_path / "clean", processes=1, codec=codec, **OPTS)
     assert cache_bytes(out) == cache_bytes(tmp_path / "clean")
+
+
+def test_jpeg_cache_holds_the_raw_cache_pixels_of_real_photos(tmp_path):
+    """Same source, both codecs: the JPEGs, read back as the format doc shows (numpy and any JPEG
+    decoder, here Pillow), are the raw cache's pixels within 2 grey levels on average."""
+    from PIL import Image
+
+    src = cachegen.write_layout(tmp_path / "src", "webdataset", [cachegen.real_photo_items(14, min_side=256)])
+    opts = {**OPTS, "image_size": 224, "patch_size": 16}
+    build_cache(src, tmp_path / "raw", processes=1, **opts)
+    build_cache(src, tmp_path / "jpeg", processes=1, codec="jpeg", **opts)
+    _, raw, *_ = read_cache_as_user(tmp_path / "raw")
+
+    m = json.loads((tmp_path / "jpeg/manifest.json").read_text())
+    assert m["version"] == 2 and m["image"]["codec"] == "jpeg" and m["image"]["quality"] == 95
+    f = m["shards"][0]["files"]
+    data = np.load(tmp_path / "jpeg" / f["jpeg"]["path"], mmap_mode="r")
+    offsets = np.load(tmp_path / "jpeg" / f["jpeg_offsets"]["path"])
+    decoded = [np.asarray(Image.open(io.BytesIO(data[offsets[i] : offsets[i + 1]]))) for i in range(len(offsets) - 1)]
+
+    assert len(decoded) == len(raw) == 14 and offsets[0] == 0 and offsets[-1] == len(data)
+    errors = np.stack([np.abs(img.astype(np.int16) - to_image(r, 16)) for img, r in zip(decoded, raw, strict=True)])
+    mse = float((errors.astype(np.float64) ** 2).mean())
+    print(f"JPEG q95 vs raw on {len(raw)} photographs: MAE {errors.mean():.2f} levels, "
+          f"PSNR {10 * np.log10(255**2 / mse):.1f} dB, {offsets[-1] / len(raw) / 1e3:.1f} kB per image")
+    assert errors.mean() <= 2.0
+    assert offsets[-1] / raw.nbytes < 0.25  # the point of it: a fraction of the raw bytes
 
 
 def _png(jpeg: bytes) -> bytes:

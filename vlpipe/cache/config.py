@@ -13,11 +13,15 @@ from typing import Literal
 
 from pydantic import field_validator, model_validator
 
+from vlpipe.cache.format import CODECS
 from vlpipe.imaging import DEFAULT_MAX_PIXELS
 from vlpipe.ingest import FORMATS
 from vlpipe.settings import Settings, setting
 
 DEFAULT_TOKENIZER = "wordpiece:8000"
+# JPEG caches: mean error against the raw pixels under 2 grey levels with a margin on 224-px photographs
+# (1.68 on the benchmark's 240 crops; 90 gave 2.25, 93 1.93-2.02): benchmarks/RESULTS.md, JPEG codecs.
+DEFAULT_JPEG_QUALITY = 95
 
 
 class BuildOptions(Settings):
@@ -45,6 +49,12 @@ class BuildOptions(Settings):
                                "3-4x faster, within ~0.3 grey levels of a full decode.")
     max_pixels: int = setting(DEFAULT_MAX_PIXELS, "Skip images with more pixels, checked before decoding "
                               "(decompression bombs, scans).", ge=1)
+    codec: Literal[CODECS] = setting(  # type: ignore[valid-type]
+        "raw", "How images are stored. raw: uint8 patch rows (150,528 B per 224-px image), the fastest to read "
+        "while the cache fits in RAM; jpeg: one JPEG each of exactly those pixels, about 1/5 of the bytes, "
+        "decoded by the loader's threads or on the GPU: for caches larger than the page cache.")
+    jpeg_quality: int = setting(DEFAULT_JPEG_QUALITY, "Quality of --codec jpeg. The default keeps the mean error "
+                                "against a raw cache under 2 grey levels on photographs (90: ~2.3).", ge=1, le=100)
     format: Literal[("auto", *FORMATS)] = setting(  # type: ignore[valid-type]
         "auto", "Labelled downstream dataset layout (docs/cache-format.md, labels). auto: a folder with "
         "train.jsonl + img/ is hateful-memes, one with split.json is mmimdb, one with [texts/]train_titles.csv "

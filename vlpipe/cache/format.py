@@ -1,4 +1,4 @@
-"""The cache format v1 as Python objects: names, paths and a typed view of manifest.json.
+"""The cache format (version 2; version 1 still read) as Python objects: names, paths and a typed view of manifest.json.
 
 docs/cache-format.md is the contract; this module mirrors it so that the writer, the reader,
 verify and info agree on every name and field. Anyone may still read a cache with numpy and
@@ -20,20 +20,24 @@ from vlpipe.errors import VlpipeError
 from vlpipe.imaging import CLIP_MEAN, CLIP_STD
 
 FORMAT_NAME = "vlpipe-cache"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Version 1 is version 2 without the image codec fields: every version-1 cache is a raw cache.
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 TOKENIZER_FILE = "tokenizer.json"
 SKIPPED_FILE = "skipped.parquet"
 SHARDS_DIR = "shards"
-# Per-shard record written after a shard's four files are complete; lets a rerun skip the shard.
+# Per-shard record written after a shard's files are complete; lets a rerun skip the shard.
 DONE_FILE = "done.json"
-# The file kinds of one shard, in the order they appear in the manifest.
-SHARD_FILES: dict[str, str] = {
-    "images": "images.npy",
-    "tokens": "tokens.npy",
-    "lengths": "lengths.npy",
-    "meta": "meta.parquet",
+# How images are stored (vlpipe/cache/codec.py): raw patch rows, or one JPEG each.
+CODECS = ("raw", "jpeg")
+# The file kinds of one shard, in the order they appear in the manifest: its images (per codec),
+# then tokens, lengths and metadata.
+IMAGE_FILES: dict[str, dict[str, str]] = {
+    "raw": {"images": "images.npy"},
+    "jpeg": {"jpeg": "jpeg.npy", "jpeg_offsets": "jpeg_offsets.npy"},
 }
+TEXT_FILES: dict[str, str] = {"tokens": "tokens.npy", "lengths": "lengths.npy", "meta": "meta.parquet"}
 LABELS_FILE = "labels.npy"
 # labels.npy of downstream caches: int64 (n,) class ids (MISSING_LABEL = unlabeled, test split only)
 # for binary/multiclass tasks, uint8 (n, num_labels) multi-hot rows for multilabel tasks.
@@ -48,9 +52,15 @@ def shard_dir(cache_dir: str | os.PathLike[str], name: str) -> Path:
     return Path(cache_dir) / SHARDS_DIR / name
 
 
+def shard_files(codec: str) -> dict[str, str]:
+    """File kind -> file name of one shard of a cache with this codec (labels.npy aside)."""
+    return {**IMAGE_FILES[codec], **TEXT_FILES}
+
+
 def shard_file_relpath(name: str, kind: str) -> str:
     """Path of one shard file relative to the cache root, with forward slashes as in the manifest."""
-    return f"{SHARDS_DIR}/{name}/{LABELS_FILE if kind == 'labels' else SHARD_FILES[kind]}"
+    names = {**IMAGE_FILES["raw"], **IMAGE_FILES["jpeg"], **TEXT_FILES, "labels": LABELS_FILE}
+    return f"{SHARDS_DIR}/{name}/{names[kind]}"
 
 
 def token_dtype(vocab_size: int) -> str:
@@ -185,20 +195,51 @@ class ImageSpec:
     layout: str = PATCH_LAYOUT
     mean: list[float] = field(default_factory=lambda: list(CLIP_MEAN))
     std: list[float] = field(default_factory=lambda: list(CLIP_STD))
+    # Version 2: how the images are stored. A JPEG cache records its quality, chroma subsampling
+    # and the library that encoded it (another version of it may write other bytes).
+    codec: str = "raw"
+    quality: int | None = None
+    subsampling: str | None = None
+    encoder: str | None = None
+
+    @property
+    def files(self) -> dict[str, str]:
+        """The file kinds holding each shard's images (`images`, or `jpeg` and `jpeg_offsets`)."""
+        return IMAGE_FILES[self.codec]
 
     @classmethod
-    def create(cls, image_size: int, patch_size: int) -> ImageSpec:
+    def create(cls, image_size: int, patch_size: int, codec: str = "raw", quality: int | None = None) -> ImageSpec:
         grid = image_size // patch_size
-        return cls(image_size, patch_size, grid, grid * grid, patch_size * patch_size * 3)
+        spec = cls(image_size, patch_size, grid, grid * grid, patch_size * patch_size * 3, codec=codec)
+        if codec == "jpeg":
+            from vlpipe.cache.codec import JPEG_SUBSAMPLING, encoder_name  # simplejpeg only where needed
+
+            spec.quality, spec.subsampling, spec.encoder = quality, JPEG_SUBSAMPLING, encoder_name()
+        return spec
 
     @classmethod
-    def _parse(cls, f: _Fields) -> ImageSpec:
-        return cls(
+    def _parse(cls, f: _Fields, version: int) -> ImageSpec:
+        spec = cls(
             image_size=f.get("image_size", int), patch_size=f.get("patch_size", int),
             grid=f.get("grid", int), num_patches=f.get("num_patches", int),
             patch_dim=f.get("patch_dim", int), dtype=f.get("dtype", str), layout=f.get("layout", str),
             mean=[float(x) for x in f.get("mean", list)], std=[float(x) for x in f.get("std", list)],
         )
+        if version == 1:
+            return spec
+        spec.codec = f.get("codec", str)
+        if spec.codec not in CODECS:
+            raise VlpipeError(f"{f.source}: image.codec is {spec.codec!r}, expected one of {', '.join(CODECS)}")
+        if spec.codec == "jpeg":
+            spec.quality, spec.subsampling = f.get("quality", int), f.get("subsampling", str)
+            spec.encoder = f.get("encoder", str)
+            # Decoded images are cut into the patch grid, so the numbers must agree.
+            if (spec.grid * spec.patch_size != spec.image_size or spec.num_patches != spec.grid**2
+                    or spec.patch_dim != spec.patch_size**2 * 3):
+                raise VlpipeError(f"{f.source}: image sizes disagree (image_size {spec.image_size}, patch_size "
+                                  f"{spec.patch_size}, grid {spec.grid}, num_patches {spec.num_patches}, "
+                                  f"patch_dim {spec.patch_dim})")
+        return spec
 
 
 @dataclass
@@ -250,10 +291,10 @@ class ShardEntry:
         return Path(cache_dir) / self.files[kind].path
 
     @classmethod
-    def _parse(cls, f: _Fields) -> ShardEntry:
+    def _parse(cls, f: _Fields, codec: str) -> ShardEntry:
         files_f = f.sub("files")
         files = {kind: FileEntry._parse(files_f.sub(kind)) for kind in files_f.obj}
-        for kind in SHARD_FILES:
+        for kind in shard_files(codec):
             if kind not in files:
                 raise VlpipeError(f"{f.source}: missing field {files_f._name(kind)!r}")
         return cls(name=f.get("name", str), num_samples=f.get("num_samples", int),
@@ -298,19 +339,20 @@ class Manifest:
         if fmt != FORMAT_NAME:
             raise VlpipeError(f"{source}: format is {fmt!r}, expected {FORMAT_NAME!r}")
         version = f.get("version", int)
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise VlpipeError(
                 f"{source}: cache format version {version} is not supported (this vlpipe reads "
-                f"version {FORMAT_VERSION}); rebuild it with `vlpipe build-cache`"
+                f"versions {', '.join(map(str, READABLE_VERSIONS))}); rebuild it with `vlpipe build-cache`"
             )
+        image = ImageSpec._parse(f.sub("image"), version)
         shards_raw = f.get("shards", list)
-        shards = [ShardEntry._parse(_Fields(s, f"shards[{i}]", source)) for i, s in enumerate(shards_raw)]
+        shards = [ShardEntry._parse(_Fields(s, f"shards[{i}]", source), image.codec) for i, s in enumerate(shards_raw)]
         labels = obj.get("labels")
         if labels is not None and not isinstance(labels, dict):
             raise VlpipeError(f"{source}: field 'labels' must be null or a JSON object")
         manifest = cls(
             num_samples=f.get("num_samples", int),
-            image=ImageSpec._parse(f.sub("image")),
+            image=image,
             text=TextSpec._parse(f.sub("text")),
             splits={str(k): int(v) for k, v in f.get("splits", dict).items()},
             shards=shards,

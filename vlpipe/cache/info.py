@@ -14,10 +14,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vlpipe.cache.arrays import check_size, open_npy
+from vlpipe.cache.arrays import check_size, open_jpeg, open_npy
+from vlpipe.cache.codec import bad_row, decode_jpeg
 from vlpipe.cache.format import Manifest, ShardEntry, load_manifest
 from vlpipe.errors import VlpipeError, one_line
-from vlpipe.imaging import unpatchify
+from vlpipe.imaging import patchify, unpatchify
 from vlpipe.utils.atomic import atomic_path
 
 
@@ -34,6 +35,7 @@ def cache_info(cache_dir: str | os.PathLike[str]) -> list[tuple[str, str]]:
         ("size", f"{size / 1e6:.1f} MB ({size / max(m.num_samples, 1) / 1e3:.1f} kB per sample)"),
         ("images", f"{img.image_size}x{img.image_size} px, {img.patch_size}-px patches: "
                    f"({img.num_patches}, {img.patch_dim}) {img.dtype} per sample"),
+        ("codec", _codec_line(m)),
         ("tokenizer", f"{t.tokenizer_spec} (vocab {t.vocab_size}, max_len {t.max_len}, {t.dtype})"),
         ("special ids", f"pad {t.pad_id}, cls {t.cls_id}, sep {t.sep_id}, mask {t.mask_id}, unk {t.unk_id}"),
         ("labels", _labels_line(m.labels)),
@@ -41,6 +43,15 @@ def cache_info(cache_dir: str | os.PathLike[str]) -> list[tuple[str, str]]:
         ("source", f"{prov.get('source')} ({prov.get('source_format')})"),
         ("built", f"{prov.get('created')} by vlpipe {prov.get('vlpipe_version')}"),
     ]
+
+
+def _codec_line(m: Manifest) -> str:
+    img = m.image
+    if img.codec == "raw":
+        return "raw (uint8 patch rows)"
+    stored = sum(s.files["jpeg"].bytes for s in m.shards) / max(m.num_samples, 1)
+    return (f"jpeg q{img.quality} {img.subsampling} ({img.encoder}), {stored / 1e3:.1f} kB per image, "
+            f"{stored / (img.num_patches * img.patch_dim):.1%} of raw")
 
 
 def _labels_line(labels: dict | None) -> str:
@@ -65,8 +76,32 @@ def shard_file(cache_dir: Path, shard: ShardEntry, kind: str) -> Path:
     return path
 
 
-def shard_images(m: Manifest, cache_dir: Path, shard: ShardEntry) -> np.ndarray:
-    """A shard's images.npy memory-mapped (never unpickled), checked against the manifest's shape."""
+class DecodedRows:
+    """A JPEG shard's images, row by row as a raw shard's: `rows[i]` is (num_patches, patch_dim) uint8."""
+
+    def __init__(self, m: Manifest, cache_dir: Path, shard: ShardEntry) -> None:
+        self.path = shard_file(cache_dir, shard, "jpeg")
+        self.data, offsets = open_jpeg(self.path, shard_file(cache_dir, shard, "jpeg_offsets"), shard.num_samples)
+        self.bounds = np.asarray(offsets)
+        self.size, self.patch_size = m.image.image_size, m.image.patch_size
+
+    def __len__(self) -> int:
+        return len(self.bounds) - 1
+
+    def __getitem__(self, row: int) -> np.ndarray:
+        pixels = np.empty((self.size, self.size, 3), np.uint8)
+        try:
+            decode_jpeg(self.data[self.bounds[row] : self.bounds[row + 1]], pixels)
+        except ValueError as exc:
+            raise bad_row(self.path, row, self.size, exc) from None
+        return patchify(pixels, self.patch_size)
+
+
+def shard_images(m: Manifest, cache_dir: Path, shard: ShardEntry) -> np.ndarray | DecodedRows:
+    """A shard's images by row: images.npy memory-mapped (never unpickled) and checked against the
+    manifest's shape, or a JPEG shard's rows decoded as they are read."""
+    if m.image.codec == "jpeg":
+        return DecodedRows(m, cache_dir, shard)
     return open_npy(shard_file(cache_dir, shard, "images"),
                     {"uint8": (shard.num_samples, m.image.num_patches, m.image.patch_dim)})
 
@@ -86,7 +121,7 @@ def shard_captions(cache_dir: Path, shard: ShardEntry) -> list[str]:
 def sample_rows(m: Manifest, cache_dir: Path, indices: list[int]) -> list[tuple[np.ndarray, str]]:
     """(H, W, 3) image and caption for global sample indices, read through the memmaps."""
     offsets = m.shard_offsets()
-    opened: dict[int, tuple[np.ndarray, list[str]]] = {}
+    opened: dict[int, tuple[np.ndarray | DecodedRows, list[str]]] = {}
     out: list[tuple[np.ndarray, str]] = []
     for index in indices:
         k = int(np.searchsorted(offsets, index, side="right")) - 1

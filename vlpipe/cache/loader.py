@@ -20,6 +20,13 @@ sleeping while it waits: on the 2-core machine one background thread plus the co
 ~10% more than two threads gathering whole batches (three busy threads on two cores, and a
 consumer idle in between), and the chunks it gathers are still in cache when it reads them.
 
+A JPEG cache's rows are decoded by the same threads into the same ring slots (`decode="cpu"`), or
+handed over still compressed (`decode="device"`): each slot then holds the batch's JPEGs side by
+side plus their offsets, and `to_device` decodes them with one batched torchvision call on the
+training device (nvJPEG on CUDA, vlpipe/cache/device_decode.py). The decode is a step of the
+loader's hand-over rather than of the model: the training loop moves every batch through
+`to_device` and gets the same uint8 (B, num_patches, patch_dim) images from either kind of cache.
+
 Ownership rule: a delivered batch lives in a ring slot, not in fresh memory. Its tensors stay
 valid until the batch after the next one is delivered, so the current and the previous batch may
 be in use at once (enough for a `non_blocking` copy to the GPU to finish while the next step
@@ -45,6 +52,8 @@ from vlpipe.cache.sampler import CacheSampler
 from vlpipe.errors import VlpipeError
 
 MODES = ("threads", "inline")
+# Where a JPEG cache's rows are decoded: by the loader's threads, or on the training device.
+DECODE = ("cpu", "device")
 # Batches the consumer may hold besides the newest: the ownership rule above.
 HELD_BATCHES = 1
 # Rows per unit of work in `threads` mode: small enough that the consumer and the crew share a
@@ -65,7 +74,8 @@ class CacheLoader:
     The sampler's position advances when a batch is *delivered*, so `state_dict()` taken in the
     loop body resumes right after the batch being trained on. Consecutive indices inside one
     shard (e.g. `shuffle=False`) come as zero-copy views of the memory map unless `pin_memory`
-    asks for page-locked copies.
+    asks for page-locked copies. `decode` says where a JPEG cache's rows are decoded (see the
+    module docstring; a raw cache ignores it).
     """
 
     def __init__(
@@ -78,9 +88,12 @@ class CacheLoader:
         pin_memory: bool = False,
         drop_last: bool = True,
         prefetch: int = 2,
+        decode: str = "cpu",
     ) -> None:
         if mode not in MODES:
             raise VlpipeError(f"unknown loader mode {mode!r}; choose one of {', '.join(MODES)}")
+        if decode not in DECODE:
+            raise VlpipeError(f"unknown decode {decode!r}; choose one of {', '.join(DECODE)}")
         if batch_size < 1:
             raise VlpipeError(f"batch_size must be >= 1, got {batch_size}")
         if mode == "threads" and workers < 1:
@@ -96,6 +109,8 @@ class CacheLoader:
             warnings.warn("pin_memory=True ignored: CUDA is not available", stacklevel=2)
             pin_memory = False
         self.pin_memory = bool(pin_memory)
+        # Compressed rows in the ring, decoded by `to_device`.
+        self.encoded = decode == "device" and dataset.jpeg is not None
         ahead = max(self.prefetch, 1) if mode == "threads" else 0
         self._ahead = ahead
         # Batch k of an epoch fills slot (first + k) % len(ring); `first` continues after the
@@ -145,10 +160,20 @@ class CacheLoader:
                 self._last_turn = first + k
                 yield batch
 
+    def to_device(self, batch: Batch, keys: tuple[str, ...], device: torch.device) -> Batch:
+        """`batch[k]` for `keys` on `device` (non-blocking from pinned memory), with a compressed batch's
+        images decoded there: the same uint8 `images` whichever way the loader delivers them."""
+        moved = {k: batch[k].to(device, non_blocking=True) for k in keys if k in batch}
+        if "images" in keys and "jpeg" in batch:
+            from vlpipe.cache.device_decode import decode_batch  # torchvision only where it decodes
+
+            moved["images"] = decode_batch(self.dataset, batch, device)
+        return moved
+
     def _ring_slots(self) -> list[Batch]:
         """The loader's ring, allocated on first use."""
         if not self._ring:
-            self._ring = [self.dataset.new_batch(self.batch_size, pin_memory=self.pin_memory)
+            self._ring = [self.dataset.new_batch(self.batch_size, pin_memory=self.pin_memory, encoded=self.encoded)
                           for _ in range(self._ring_size)]
         return self._ring
 
@@ -185,18 +210,23 @@ class CacheLoader:
 
     def _start(self, crew: _Crew, indices: np.ndarray, slot: Batch) -> _Job:
         """Write a batch's small arrays now and queue its image rows for the crew."""
-        views = not self.pin_memory
         plan = self.dataset.plan(indices)
-        if plan.run and views:
-            # Consecutive samples of one shard: a view of the map, nothing to copy.
+        if plan.run and not self.pin_memory and self.dataset.jpeg is None:
+            # Consecutive samples of one shard of a raw cache: a view of the map, nothing to copy.
             return _Job(plan, self.dataset.gather(plan, out=slot, views=True), remaining=0)
         b = len(plan.glob)
-        # A fresh dict either way: the caller may replace its entries (e.g. with device tensors).
-        batch = dict(slot) if b == self.batch_size else {key: t[:b] for key, t in slot.items()}
-        job = _Job(plan, batch, remaining=-(-b // CHUNK_ROWS))
+        # A fresh dict: the caller may replace its entries (e.g. with device tensors).
+        job = _Job(plan, self.dataset.batch_view(slot, b), remaining=-(-b // CHUNK_ROWS))
         self.dataset.fill_small(plan, job.batch)
         crew.submit(job)
         return job
+
+
+def decode_where(setting: str, device: torch.device) -> str:
+    """The loader's `decode` for a training setting: auto is the GPU when training on CUDA, else the CPU."""
+    if setting == "auto":
+        return "device" if device.type == "cuda" else "cpu"
+    return setting
 
 
 @dataclass(eq=False)
@@ -224,7 +254,7 @@ class _CrewState:
         job, lo, hi = item
         error = None
         try:
-            self.dataset.fill_images(job.plan, job.batch["images"].numpy(), lo, hi)
+            self.dataset.fill_rows(job.plan, job.batch, lo, hi)
         except BaseException as exc:  # handed to the consumer, raised where it waits
             error = exc
         with self.cv:

@@ -11,7 +11,9 @@ chosen when the cache is opened:
   tokens and lengths of all samples sit in one small in-memory array, so a batch takes them with
   one numpy call. After an epoch every page is mapped and nothing faults again. Measured on the
   2-core machine: 0.73 ms per random batch of 64 at 224 px against 1.05 ms with pread.
-- A larger cache is copied with `os.preadv` from the page cache, one syscall per row.
+- A larger cache is copied with `os.preadv` from the page cache, one syscall per row, in file
+  order within a batch (rows sorted by shard and position, each written to its own output row,
+  so the batch is still in sampler order): a batch's reads then move forward through each file.
 
 Why not keep every cache mapped: every page a process reads through a mapping is entered in its
 page tables and charged to its RSS (the data is shared page cache, but RSS and the kernel's OOM
@@ -20,13 +22,15 @@ worker's separately, to 30 GB; trimming the maps with MADV_DONTNEED keeps RSS bo
 every later read fault its pages in again, which measured slower than pread (35k vs 61k rows/s on
 one thread). pread goes page cache -> output with one copy and maps nothing, so RSS stays flat
 however large the cache is. The limit bounds what a reader ever maps.
+
+A JPEG cache (vlpipe/cache/codec.py) is read the same two ways, its rows then decoded into the
+same output rows, or handed over still compressed for a decode on the GPU (vlpipe/cache/jpeg_rows.py).
 """
 
 from __future__ import annotations
 
 import mmap
 import os
-import resource
 import threading
 import warnings
 from dataclasses import dataclass
@@ -34,16 +38,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 
-from vlpipe.cache.arrays import check_size, open_npy
+from vlpipe.cache.arrays import check_size, ensure_fd_limit, open_jpeg, open_npy, split_index
 from vlpipe.cache.format import Manifest, load_manifest
+from vlpipe.cache.jpeg_rows import JpegRows
 from vlpipe.errors import VlpipeError
 
-ARRAY_KINDS = ("images", "tokens", "lengths")
+ARRAY_KINDS = ("tokens", "lengths")
 # The most cache bytes a reader keeps mapped (see the module docstring). A cache that fits stays
 # mapped whole; in a larger one, reads that go through the maps (zero-copy image views, token and
 # length rows) drop their pages past this many bytes (MADV_DONTNEED: the page cache keeps the
@@ -62,20 +64,6 @@ def default_resident_limit() -> int:
 _PAGE = mmap.PAGESIZE
 
 
-def _ensure_fd_limit(needed: int) -> None:
-    """Each memory map keeps its own file descriptor; a cache of thousands of shards needs many."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = needed + 256
-    if want <= soft:
-        return
-    if hard != resource.RLIM_INFINITY and want > hard:
-        raise VlpipeError(
-            f"opening this cache maps {needed} files but the open-file limit is {hard}; "
-            "raise it (ulimit -n) or rebuild with fewer, larger shards"
-        )
-    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-
-
 def _readonly_tensor(arr: np.ndarray) -> torch.Tensor:
     """A tensor sharing `arr`'s read-only memory (callers must not write to it)."""
     return torch.from_numpy(arr)
@@ -90,6 +78,11 @@ class RowPlan:
     rows: list[int]
     # Consecutive samples inside one shard: copied in one piece, or handed out as a view.
     run: bool
+    # Positions in the order their rows are read: sorted by shard and row unless the cache stays
+    # mapped, so that a pread batch moves forward through each file. Chunk lo..hi is order[lo:hi].
+    order: list[int]
+    # JPEG caches: each row's (start, end) in its shard's byte array.
+    spans: list[tuple[int, int]]
 
 
 class CacheDataset:
@@ -97,7 +90,9 @@ class CacheDataset:
 
     Batches hold `images` uint8 (B, num_patches, patch_dim), `input_ids` int64 (B, max_len),
     `lengths` int64 (B,), `index` int64 (B,) (global sample numbers) and `labels` when the cache
-    has them. Images are not normalized: the model does that on the device.
+    has them. Images are not normalized: the model does that on the device. A JPEG cache gives
+    the same batches; gathered into a `new_batch(encoded=True)` it gives `jpeg` and `jpeg_offsets`
+    (the compressed rows, see `fill_small`) instead of `images`.
     """
 
     def __init__(
@@ -118,13 +113,15 @@ class CacheDataset:
             raise VlpipeError(f"{self.cache_dir}: only some shards have labels; rebuild the cache")
         self.has_labels = bool(with_labels) and all(with_labels)
         self._kinds = (*ARRAY_KINDS, "labels") if self.has_labels else ARRAY_KINDS
-        # One descriptor per map, plus one per shard's images.npy for pread.
-        _ensure_fd_limit(len(m.shards) * (len(self._kinds) + 1))
+        self.codec = m.image.codec
+        # One descriptor per map, plus one per shard's image file for pread.
+        ensure_fd_limit(len(m.shards) * (len(self._kinds) + len(m.image.files) + 1))
         self._arrays: list[dict[str, np.memmap]] = []
         self._image_fds: list[int] = []
+        self.jpeg: JpegRows | None = None
         self._open_arrays()
         # Positions in the split -> global sample numbers; None means the identity (all samples).
-        self._global: np.ndarray | None = None if split is None else self._split_map(split)
+        self._global: np.ndarray | None = None if split is None else split_index(self.cache_dir, m, split)
         self._gathered = 0
         self._release_lock = threading.Lock()
         # torch warns once per process that a tensor over read-only memory must not be written;
@@ -145,8 +142,13 @@ class CacheDataset:
             n = shard.num_samples
             for entry in shard.files.values():
                 check_size(self.cache_dir / entry.path, entry.bytes)
-            opened = {
-                "images": open_npy(shard.path(self.cache_dir, "images"), {"uint8": (n, img.num_patches, img.patch_dim)}),
+            if self.codec == "jpeg":
+                data, offsets = open_jpeg(shard.path(self.cache_dir, "jpeg"), shard.path(self.cache_dir, "jpeg_offsets"), n)
+                opened = {"jpeg": data, "jpeg_offsets": offsets}
+            else:
+                opened = {"images": open_npy(shard.path(self.cache_dir, "images"),
+                                             {"uint8": (n, img.num_patches, img.patch_dim)})}
+            opened |= {
                 "tokens": open_npy(shard.path(self.cache_dir, "tokens"), {txt.dtype: (n, txt.max_len)}),
                 "lengths": open_npy(shard.path(self.cache_dir, "lengths"), {"uint16": (n,)}),
             }
@@ -159,40 +161,21 @@ class CacheDataset:
         # Plain ndarray views of the same maps for per-row reads: np.memmap's indexing runs
         # Python code (~5 us) on every access.
         self._plain = [{kind: arr.view(np.ndarray) for kind, arr in opened.items()} for opened in arrays]
-        self._image_fds = [os.open(shard.path(self.cache_dir, "images"), os.O_RDONLY) for shard in m.shards]
-        self._image_starts = np.asarray([a["images"].offset for a in arrays], dtype=np.int64)
+        kind = "jpeg" if self.codec == "jpeg" else "images"
+        self._image_fds = [os.open(shard.path(self.cache_dir, kind), os.O_RDONLY) for shard in m.shards]
+        self._image_starts = np.asarray([a[kind].offset for a in arrays], dtype=np.int64)
         self._image_row = img.num_patches * img.patch_dim
         mapped_bytes = sum(arr.offset + arr.nbytes for opened in arrays for arr in opened.values())  # whole files
         self.resident = self.resident_limit <= 0 or mapped_bytes <= self.resident_limit
+        if self.codec == "jpeg":
+            self.jpeg = JpegRows([s.path(self.cache_dir, "jpeg") for s in m.shards], [p["jpeg"] for p in self._plain],
+                                 [p["jpeg_offsets"] for p in self._plain], self._image_fds, self._image_starts,
+                                 img.image_size, img.patch_size, self.resident)
         # Resident caches: the per-sample rows of every shard in one array indexed by global sample
         # number (tokens are ~0.1% of the image bytes), so a batch takes them in one numpy call.
         self._small: dict[str, np.ndarray] = {}
         if self.resident:
-            self._small = {kind: np.concatenate([opened[kind] for opened in arrays])
-                           for kind in self._kinds if kind != "images"}
-
-    def _split_map(self, split: str) -> np.ndarray:
-        if split not in self.manifest.splits:
-            names = ", ".join(f"{k} ({v})" for k, v in self.manifest.splits.items()) or "none"
-            raise VlpipeError(f"{self.cache_dir}: no split {split!r} in this cache (it has: {names})")
-        parts = []
-        for shard, offset in zip(self.manifest.shards, self._offsets[:-1], strict=False):
-            path = shard.path(self.cache_dir, "meta")
-            try:
-                column = pq.read_table(path, columns=["split"]).column("split")
-            except (pa.ArrowException, OSError, KeyError) as exc:
-                raise VlpipeError(f"{path}: cannot read the 'split' column ({exc})") from None
-            if len(column) != shard.num_samples:
-                raise VlpipeError(f"{path}: {len(column)} rows but the manifest says {shard.num_samples}")
-            mask = pc.fill_null(pc.equal(column, split), False).to_numpy(zero_copy_only=False)
-            parts.append(np.flatnonzero(mask).astype(np.int64) + offset)
-        index = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-        if len(index) != self.manifest.splits[split]:
-            raise VlpipeError(
-                f"{self.cache_dir}: meta.parquet files list {len(index)} {split!r} samples but the "
-                f"manifest says {self.manifest.splits[split]}; the cache is inconsistent"
-            )
-        return index
+            self._small = {kind: np.concatenate([opened[kind] for opened in arrays]) for kind in self._kinds}
 
     def close(self) -> None:
         """Close the pread descriptors (the maps close when their arrays are released)."""
@@ -241,14 +224,24 @@ class CacheDataset:
 
     # -- batches ---------------------------------------------------------------------------
 
-    def new_batch(self, batch_size: int, pin_memory: bool = False) -> dict[str, torch.Tensor]:
-        """Empty output tensors for `gather(out=...)`, optionally in pinned (page-locked) memory."""
+    def new_batch(self, batch_size: int, pin_memory: bool = False, encoded: bool = False) -> dict[str, torch.Tensor]:
+        """Empty output tensors for `gather(out=...)`, optionally in pinned (page-locked) memory.
+
+        `encoded` (JPEG caches): room for a batch's compressed rows instead of `images`: `jpeg`
+        uint8, sized for B of the cache's largest row, and `jpeg_offsets` int64 (B + 1,).
+        """
         shapes: dict[str, tuple[tuple[int, ...], np.dtype]] = {
             "images": ((batch_size, self.num_patches, self.patch_dim), np.dtype(np.uint8)),
             "input_ids": ((batch_size, self.max_len), np.dtype(np.int64)),
             "lengths": ((batch_size,), np.dtype(np.int64)),
             "index": ((batch_size,), np.dtype(np.int64)),
         }
+        if encoded:
+            if self.jpeg is None:
+                raise VlpipeError(f"{self.cache_dir}: a raw cache has no compressed rows to hand over")
+            del shapes["images"]
+            shapes["jpeg"] = ((batch_size * self.jpeg.max_row,), np.dtype(np.uint8))
+            shapes["jpeg_offsets"] = ((batch_size + 1,), np.dtype(np.int64))
         if self.has_labels:
             labels = self._arrays[0]["labels"]
             shapes["labels"] = ((batch_size, *labels.shape[1:]), labels.dtype)
@@ -260,6 +253,13 @@ class CacheDataset:
         # ~5% slower on the 2-core machine.
         return {k: torch.from_numpy(np.empty(shape, dt)) for k, (shape, dt) in shapes.items()}
 
+    @staticmethod
+    def batch_view(out: dict[str, torch.Tensor], b: int) -> dict[str, torch.Tensor]:
+        """The first `b` rows of a `new_batch` output (a fresh dict: callers may replace entries)."""
+        if b == len(out["index"]):
+            return dict(out)
+        return {k: v if k == "jpeg" else v[: b + 1] if k == "jpeg_offsets" else v[:b] for k, v in out.items()}
+
     def gather(
         self,
         indices: Any,
@@ -268,32 +268,38 @@ class CacheDataset:
     ) -> dict[str, torch.Tensor]:
         """Read a batch (`indices`, or their `plan()`); the result uses the first B rows of `out` when given.
 
-        With `views`, a run of consecutive samples inside one shard returns its images as a
-        read-only view of the memory map instead of copying them.
+        With `views`, a run of consecutive samples inside one shard of a raw cache returns its
+        images as a read-only view of the memory map instead of copying them.
         """
         plan = indices if isinstance(indices, RowPlan) else self.plan(indices)
         b = len(plan.glob)
-        if out is None:
-            out = self.new_batch(b)
-        batch = {k: v[:b] for k, v in out.items()}
+        batch = self.batch_view(self.new_batch(b) if out is None else out, b)
         self.fill_small(plan, batch)
-        if plan.run and views:
+        if plan.run and views and self.jpeg is None:
             start = plan.rows[0]
             batch["images"] = _readonly_tensor(self._arrays[plan.shards[0]]["images"][start : start + b])
             self._count(b * self._image_row)
         else:
-            self.fill_images(plan, batch["images"].numpy(), 0, b)
+            self.fill_rows(plan, batch, 0, b)
         return batch
 
     def plan(self, indices: Any) -> RowPlan:
-        """Where a batch's rows are; `fill_small` and `fill_images` then copy them."""
+        """Where a batch's rows are; `fill_small` and `fill_rows` then copy them."""
         glob, shard, local = self._locate(indices)
         run = len(glob) > 0 and bool(shard[0] == shard[-1]) and bool(np.all(np.diff(local) == 1))
-        return RowPlan(glob, shard.tolist(), local.tolist(), run)
+        shards, rows = shard.tolist(), local.tolist()
+        order = list(range(len(rows))) if self.resident or run else np.lexsort((local, shard)).tolist()
+        spans = self.jpeg.spans(shards, rows) if self.jpeg is not None else []
+        return RowPlan(glob, shards, rows, run, order, spans)
 
     def fill_small(self, plan: RowPlan, batch: dict[str, torch.Tensor]) -> None:
-        """Write everything but the images (index, tokens, lengths, labels) for all rows of `plan`."""
+        """Write everything but the image rows (index, tokens, lengths, labels) for all rows of `plan`,
+        and in an encoded batch where each row's JPEG goes: `jpeg_offsets` in sampler order."""
         batch["index"].numpy()[: len(plan.glob)] = plan.glob
+        if "jpeg_offsets" in batch:
+            bounds = batch["jpeg_offsets"].numpy()
+            bounds[0] = 0
+            np.cumsum([end - start for start, end in plan.spans], out=bounds[1 : len(plan.spans) + 1])
         small = [(batch[key].numpy(), kind) for key, kind in
                  (("input_ids", "tokens"), ("lengths", "lengths"), ("labels", "labels")) if key in batch]
         if self.resident:
@@ -309,11 +315,19 @@ class CacheDataset:
                 dst[i] = plain[s][kind][row]
         self._count(len(plan.glob) * _PAGE)
 
-    def fill_images(self, plan: RowPlan, images: np.ndarray, lo: int, hi: int) -> None:
-        """Copy the image rows lo..hi-1 of `plan` into the same rows of `images` (B, P, D).
+    def fill_rows(self, plan: RowPlan, batch: dict[str, torch.Tensor], lo: int, hi: int) -> None:
+        """Fill the image rows `plan.order[lo:hi]` of `batch`: copied (raw), decoded (JPEG), or in an
+        encoded batch copied still compressed (after `fill_small`, which places them).
 
-        Threads may fill disjoint row ranges of one batch at once: the copies release the GIL.
+        Threads may fill disjoint ranges of one batch at once: the copies and decodes release the GIL.
         """
+        if self.jpeg is not None:
+            if "jpeg" in batch:
+                self.jpeg.copy(plan, batch["jpeg"].numpy(), batch["jpeg_offsets"].numpy(), lo, hi)
+            else:
+                self.jpeg.decode(plan, batch["images"].numpy(), lo, hi)
+            return
+        images = batch["images"].numpy()
         if plan.run and lo < hi:
             s, start = plan.shards[0], plan.rows[lo]
             if self.resident:
@@ -321,14 +335,19 @@ class CacheDataset:
             else:
                 self._pread(s, start, memoryview(images[lo:hi]).cast("B"))
             return
-        rows = zip(range(lo, hi), plan.shards[lo:hi], plan.rows[lo:hi], strict=True)
         plain = self._plain
         if self.resident:
-            for i, s, row in rows:
+            for i, s, row in zip(range(lo, hi), plan.shards[lo:hi], plan.rows[lo:hi], strict=True):
                 images[i] = plain[s]["images"][row]
             return
-        for i, s, row in rows:
-            self._pread(s, row, memoryview(images[i]).cast("B"))
+        for i in plan.order[lo:hi]:
+            self._pread(plan.shards[i], plan.rows[i], memoryview(images[i]).cast("B"))
+
+    def bad_jpeg(self, glob: int, exc: BaseException) -> VlpipeError:
+        """The one-line error naming the shard file and row of global sample `glob`, whose JPEG is bad."""
+        assert self.jpeg is not None
+        shard = int(np.searchsorted(self._offsets, glob, side="right")) - 1
+        return self.jpeg.bad_row(shard, int(glob - self._offsets[shard]), exc)
 
     def _pread(self, shard: int, row: int, dest: memoryview) -> None:
         """Copy whole image rows from the page cache into `dest` (no mapping, GIL released)."""

@@ -1,20 +1,17 @@
-"""Build one cache shard from one source shard: decode, resize, patchify, tokenize, write.
+"""Build one cache shard from one source shard: decode, resize, store (patchify or JPEG), tokenize, write.
 
 The source shard's rows come from vlpipe/ingest/. Each sample's split is decided here and only
 here: the row's own (a labelled dataset's train/val/test), else a hash of its key with
 --val-fraction.
 
 Runs inside a worker process. Memory stays flat however big the shard: each image is decoded,
-patchified and appended to images.npy straight away, and only the captions and small metadata
-are held until the end. The .npy header is written first with a placeholder length and rewritten
-once the count is known; numpy pads headers so the first axis can change without moving the data,
-so the result is exactly what `np.save` would write, byte for byte.
+resized and appended to the shard's image file straight away (codec.ImageSink: patch rows, or a
+JPEG of exactly those pixels), and only the captions and small metadata are held until the end.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import re
 import shutil
@@ -27,21 +24,23 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vlpipe.cache.codec import ImageSink, save_npy
 from vlpipe.cache.config import BuildOptions
 from vlpipe.cache.format import (
     DONE_FILE,
     LABELS_FILE,
-    SHARD_FILES,
     SPLITS,
+    TEXT_FILES,
     TOKENIZER_FILE,
     LabelSpec,
     label_counts,
     shard_dir,
     shard_file_relpath,
+    shard_files,
     split_of,
     token_dtype,
 )
-from vlpipe.imaging import ImageError, load_rgb, patchify, resize_center_crop
+from vlpipe.imaging import ImageError, load_rgb, resize_center_crop
 from vlpipe.ingest import Skip, SourceShard, iter_samples
 from vlpipe.text import TextTokenizer
 from vlpipe.utils.atomic import atomic_path, sha256_file, write_json_atomic
@@ -94,34 +93,31 @@ def read_done(out: str | Path, name: str) -> dict[str, Any] | None:
 
 
 def build_shard(task: ShardTask, report: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Write the four files of one cache shard and its done record; returns the record."""
+    """Write the files of one cache shard and its done record; returns the record."""
     opts, out = task.options, Path(task.out)
     folder = shard_dir(out, task.name)
     # A leftover folder is from an interrupted run: its files cannot be trusted, start over.
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     tokenizer = _tokenizer(out / TOKENIZER_FILE, opts.tokenizer)
-    grid = opts.image_size // opts.patch_size
-    shape_tail = (grid * grid, opts.patch_size * opts.patch_size * 3)
     draft = 2 * opts.image_size if opts.jpeg_draft else None
 
     rows: dict[str, list[Any]] = {name: [] for name in META_SCHEMA.names}
     skips: list[Skip] = []
     labels: list[Any] = []
     pending = 0
-    with atomic_path(folder / SHARD_FILES["images"]) as tmp, open(tmp, "wb") as fh:
-        header_len = _write_npy_header(fh, (0, *shape_tail))
+    with ImageSink(folder, opts.codec, opts.image_size, opts.patch_size, opts.jpeg_quality) as sink:
         for item in iter_samples(task.source):
             if isinstance(item, Skip):
                 skips.append(item)
                 continue
             try:
                 img = load_rgb(item.image, max_pixels=opts.max_pixels, draft_size=draft)
-                patches = patchify(resize_center_crop(img, opts.image_size), opts.patch_size)
+                pixels = resize_center_crop(img, opts.image_size)
             except ImageError as exc:
                 skips.append(Skip(item.key, item.source, exc.reason, _ADDRESS.sub("image bytes", exc.detail)))
                 continue
-            fh.write(np.ascontiguousarray(patches).data)
+            sink.add(pixels)
             width, height = img.info["original_size"]
             # A hash of the key, not of the position, so rebuilds keep every sample in its split.
             for name, value in (("key", item.key), ("caption", item.caption), ("url", item.url),
@@ -134,23 +130,21 @@ def build_shard(task: ShardTask, report: Callable[[int], None] | None = None) ->
             if report is not None and pending >= PROGRESS_EVERY:
                 report(pending)
                 pending = 0
-        fh.seek(0)
-        if _write_npy_header(fh, (len(rows["key"]), *shape_tail)) != header_len:
-            raise RuntimeError("numpy .npy header changed length; cannot finalize images.npy in place")
     if report is not None and pending:
         report(pending)
 
     ids, lengths = tokenizer.encode_batch(rows["caption"], opts.max_len)
-    _save_npy(folder / SHARD_FILES["tokens"], ids.astype(token_dtype(tokenizer.vocab_size)))
-    _save_npy(folder / SHARD_FILES["lengths"], lengths.astype(np.uint16))
-    with atomic_path(folder / SHARD_FILES["meta"]) as tmp:
+    save_npy(folder / TEXT_FILES["tokens"], ids.astype(token_dtype(tokenizer.vocab_size)))
+    save_npy(folder / TEXT_FILES["lengths"], lengths.astype(np.uint16))
+    with atomic_path(folder / TEXT_FILES["meta"]) as tmp:
         pq.write_table(pa.Table.from_pydict(rows, schema=META_SCHEMA), tmp)
 
     if task.labels is not None:
-        _save_npy(folder / LABELS_FILE, encode_labels(labels, task.labels))
+        save_npy(folder / LABELS_FILE, encode_labels(labels, task.labels))
 
     files = {}
-    for kind in (*SHARD_FILES, "labels") if task.labels is not None else SHARD_FILES:
+    kinds = shard_files(opts.codec)
+    for kind in (*kinds, "labels") if task.labels is not None else kinds:
         rel = shard_file_relpath(task.name, kind)
         files[kind] = {"path": rel, "bytes": (out / rel).stat().st_size, "sha256": sha256_file(out / rel)}
     record = {
@@ -177,15 +171,3 @@ def encode_labels(values: list[Any], spec: LabelSpec) -> np.ndarray:
     for row, ids in enumerate(values):
         hot[row, list(ids)] = 1
     return hot
-
-
-def _write_npy_header(fh: io.BufferedWriter, shape: tuple[int, ...]) -> int:
-    """Write a version-1.0 .npy header for a C-order uint8 array; returns its length in bytes."""
-    start = fh.tell()
-    np.lib.format.write_array_header_1_0(fh, {"descr": "|u1", "fortran_order": False, "shape": shape})
-    return fh.tell() - start
-
-
-def _save_npy(path: Path, arr: np.ndarray) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.save(fh, arr, allow_pickle=False)

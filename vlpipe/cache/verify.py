@@ -3,19 +3,25 @@
 Training reads the arrays blind (that is what makes it fast), so a flipped bit or a truncated
 copy would otherwise surface as silently wrong pixels or an index error hours later. Problems are
 reported as one line each, naming the file, in the order a person should fix them.
+
+A JPEG cache's offsets are checked, and every image is decoded (in threads, the decoder releases
+the GIL) unless `decode=False`: checksums prove the bytes are the ones written, decoding that they
+are images of the right size, which also holds for a cache another tool wrote.
 """
 
 from __future__ import annotations
 
 import os
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vlpipe.cache.arrays import open_npy
+from vlpipe.cache.arrays import open_jpeg, open_npy
+from vlpipe.cache.codec import bad_row, decode_jpeg
 from vlpipe.cache.format import (
     MANIFEST,
     META_COLUMNS,
@@ -35,8 +41,9 @@ from vlpipe.utils.atomic import sha256_file
 CHUNK = 4096  # rows per pass over tokens/lengths, so verify's memory stays flat on any cache size
 
 
-def verify_cache(cache_dir: str | os.PathLike[str], *, checksums: bool = True) -> list[str]:
-    """All problems found (empty when the cache is sound). `checksums=False` skips the sha256 pass."""
+def verify_cache(cache_dir: str | os.PathLike[str], *, checksums: bool = True, decode: bool = True) -> list[str]:
+    """All problems found (empty when the cache is sound). `checksums=False` skips the sha256 pass,
+    `decode=False` the decoding of a JPEG cache's images."""
     root = Path(cache_dir)
     try:
         manifest = load_manifest(root)
@@ -62,7 +69,7 @@ def verify_cache(cache_dir: str | os.PathLike[str], *, checksums: bool = True) -
     counts: dict[str, list[int]] = {}
     unlabeled: Counter[str] = Counter()
     for shard in manifest.shards:
-        problems += _check_shard(root, manifest, shard, checksums, splits, (counts, unlabeled))
+        problems += _check_shard(root, manifest, shard, (checksums, decode), splits, (counts, unlabeled))
     total = sum(s.num_samples for s in manifest.shards)
     if total != manifest.num_samples:
         problems.append(f"{root / 'manifest.json'}: num_samples {manifest.num_samples} but shards hold {total}")
@@ -77,18 +84,19 @@ def verify_cache(cache_dir: str | os.PathLike[str], *, checksums: bool = True) -
     return problems
 
 
-def check_cache(cache_dir: str | os.PathLike[str], *, checksums: bool = True) -> Manifest:
+def check_cache(cache_dir: str | os.PathLike[str], *, checksums: bool = True, decode: bool = True) -> Manifest:
     """Raise VlpipeError with the first problem (one line); return the manifest when sound."""
-    problems = verify_cache(cache_dir, checksums=checksums)
+    problems = verify_cache(cache_dir, checksums=checksums, decode=decode)
     if problems:
         more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
         raise VlpipeError(problems[0] + more)
     return load_manifest(cache_dir)
 
 
-def _check_shard(root: Path, m: Manifest, shard: ShardEntry, checksums: bool, splits: dict[str, int],
+def _check_shard(root: Path, m: Manifest, shard: ShardEntry, passes: tuple[bool, bool], splits: dict[str, int],
                  tally: tuple[dict[str, list[int]], Counter[str]]) -> list[str]:
     n = shard.num_samples
+    checksums, decode = passes
     problems = []
     for entry in shard.files.values():
         path = root / entry.path
@@ -104,12 +112,17 @@ def _check_shard(root: Path, m: Manifest, shard: ShardEntry, checksums: bool, sp
 
     img, t = m.image, m.text
     expected = {
-        "images": {"uint8": (n, img.num_patches, img.patch_dim)},
         "tokens": {t.dtype: (n, t.max_len)},
         "lengths": {"uint16": (n,)},
     }
+    if img.codec == "raw":
+        expected["images"] = {"uint8": (n, img.num_patches, img.patch_dim)}
     try:
         arrays = {kind: open_npy(shard.path(root, kind), dtypes) for kind, dtypes in expected.items()}
+        if img.codec == "jpeg":
+            data, offsets = open_jpeg(shard.path(root, "jpeg"), shard.path(root, "jpeg_offsets"), n)
+            if decode:
+                problems += _check_jpegs(shard.path(root, "jpeg"), data, np.asarray(offsets), img.image_size)
     except VlpipeError as exc:
         return [str(exc)]
     problems += _check_tokens(shard.path(root, "tokens"), arrays["tokens"], arrays["lengths"], m)
@@ -164,6 +177,24 @@ def _check_labels(root: Path, m: Manifest, shard: ShardEntry, splits: list[str],
         tally[0][split] = [a + b for a, b in zip(tally[0].get(split, [0] * num), row, strict=True)]
     tally[1].update(missing)
     return []
+
+
+def _check_jpegs(path: Path, data: np.ndarray, bounds: np.ndarray, size: int) -> list[str]:
+    """Every row decodes to a size x size image; the first that does not, as one problem."""
+    def first_bad(rows: range) -> str | None:
+        pixels = np.empty((size, size, 3), np.uint8)
+        for row in rows:
+            try:
+                decode_jpeg(data[bounds[row] : bounds[row + 1]], pixels)
+            except ValueError as exc:
+                return str(bad_row(path, row, size, exc))
+        return None
+
+    n, workers = len(bounds) - 1, os.cpu_count() or 1
+    step = max(1, -(-n // workers))
+    with ThreadPoolExecutor(workers) as pool:
+        found = [p for p in pool.map(first_bad, [range(a, min(a + step, n)) for a in range(0, n, step)]) if p]
+    return found[:1]
 
 
 def _check_tokens(path: Path, tokens: np.ndarray, lengths: np.ndarray, m: Manifest) -> list[str]:

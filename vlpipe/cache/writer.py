@@ -282,7 +282,7 @@ def write_manifest(out: Path, options: BuildOptions, source: Source, records: li
         splits.update(rec["splits"])
     manifest = Manifest(
         num_samples=sum(s.num_samples for s in shards),
-        image=ImageSpec.create(options.image_size, options.patch_size),
+        image=ImageSpec.create(options.image_size, options.patch_size, options.codec, options.jpeg_quality),
         text=text,
         # train and val always (readers ask for them by name); test only where the dataset has one.
         splits={s: splits[s] for s in SPLITS if s != "test" or splits[s]},

@@ -44,14 +44,16 @@ def cache() -> None:
 @cache.command(short_help="Re-check sizes, sha256, shapes, dtypes and token ids of a cache.")
 @click.argument("cache_dir", metavar="DIR", type=click.Path(path_type=str))
 @click.option("--no-checksums", is_flag=True, help="Skip the sha256 pass (sizes, shapes and tokens are still checked).")
-def verify(cache_dir: str, no_checksums: bool) -> None:
-    """Re-check sizes, sha256, shapes, dtypes, token ids and counts against the manifest.
+@click.option("--no-decode", is_flag=True, help="JPEG caches: skip decoding every image (offsets are still checked).")
+def verify(cache_dir: str, no_checksums: bool, no_decode: bool) -> None:
+    """Re-check sizes, sha256, shapes, dtypes, token ids and counts against the manifest; decode
+    every image of a JPEG cache.
 
     Exit 0 when sound; otherwise print the first problem (naming the file) and exit 1.
     """
     from vlpipe.cache.verify import check_cache
 
-    manifest = check_cache(cache_dir, checksums=not no_checksums)
+    manifest = check_cache(cache_dir, checksums=not no_checksums, decode=not no_decode)
     click.echo(f"{cache_dir}: ok ({manifest.num_samples} samples in {len(manifest.shards)} shards)")
 
 

@@ -17,7 +17,7 @@ from pydantic import field_validator, model_validator
 from pydantic.fields import FieldInfo
 
 from vlpipe.cache.format import LABEL_TASKS
-from vlpipe.cache.loader import MODES
+from vlpipe.cache.loader import DECODE, MODES
 from vlpipe.model.config import FUSIONS, check_override_keys
 from vlpipe.settings import Settings, load_settings, setting
 from vlpipe.train.masking import TASKS
@@ -70,6 +70,10 @@ class RunSettings(Settings):
         "files changed since they last matched (remembered in ~/.cache/vlpipe/verified), always, or never.")
     workers: int = setting(2, "Loader threads.", ge=0)
     loader_mode: Literal[MODES] = setting("threads", "How the loader gathers batches.")  # type: ignore[valid-type]
+    jpeg_decode: Literal[("auto", *DECODE)] = setting(  # type: ignore[valid-type]
+        "auto", "Where the images of a JPEG cache (build-cache --codec jpeg) are decoded. cpu: by the loader's "
+        "threads; device: one batched torchvision decode on the training device (nvJPEG on CUDA); auto: device "
+        "when training on CUDA, else cpu. Raw caches ignore it.")
     live: bool = setting(True, "Rich live view on a terminal.")
     tensorboard: bool = setting(False, "Also log to RUN_DIR/tensorboard (if the package is installed).")
     plots: bool = setting(True, "Draw loss and accuracy plots into RUN_DIR/plots/ at the end.")

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from vlpipe.cache.integrity import check_files
-from vlpipe.cache.loader import CacheLoader
+from vlpipe.cache.loader import CacheLoader, decode_where
 from vlpipe.cache.reader import CacheDataset
 from vlpipe.cache.sampler import CacheSampler
 from vlpipe.errors import VlpipeError
@@ -191,10 +191,12 @@ class Loop:
         total = self.cadence.total_steps
         self.schedule = WarmupCosine(settings.lr, total, warmup_steps_for(total, settings.warmup),
                                      settings.min_lr_ratio)
-        # Pinned buffers on GPU, so host-to-device copies overlap compute.
+        # Pinned buffers on GPU, so host-to-device copies overlap compute. A JPEG cache's images are
+        # decoded where --jpeg-decode says (auto: on the GPU when training on CUDA).
         self.loader = CacheLoader(task.train_set, batch_size=settings.batch_size, sampler=self.sampler,
                                   mode=settings.loader_mode, workers=settings.workers,
-                                  pin_memory=device.type == "cuda", drop_last=True)
+                                  pin_memory=device.type == "cuda", drop_last=True,
+                                  decode=decode_where(settings.jpeg_decode, device))
         self.metrics = MetricsWriter(run_dir, settings.tensorboard) if info.is_main else None
         self.step = 0
         self.micro = 0  # micro-batches over the whole run: the random stream of the task's masks
@@ -353,7 +355,7 @@ class Loop:
             batch = next(self._batches)
         except StopIteration:  # cannot happen with the counts above unless the loader misbehaves
             raise VlpipeError("the training loader ended an epoch early") from None
-        return {k: batch[k].to(self.device, non_blocking=True) for k in (*self.task.batch_keys, "index")}
+        return self.loader.to_device(batch, (*self.task.batch_keys, "index"), self.device)
 
     def _close_batches(self) -> None:
         """Stop the loader's prefetch of an epoch that is left before its last batch."""
