@@ -30,9 +30,11 @@ def make_manifest(num_shards: int = 2, per_shard: int = 3, codec: str = "raw") -
     shards = []
     for k in range(num_shards):
         name = shard_name(k)
-        files = {kind: FileEntry(shard_file_relpath(name, kind), 10 + k, "ab" * 32) for kind in shard_files(codec)}
-        shards.append(ShardEntry(name, per_shard, f"{name}.tar", files))
-    text = TextSpec("tokenizer.json", "cd" * 32, "wordpiece:100", 100, 16, "uint16", 0, 2, 3, 4, 1)
+        files = {kind: FileEntry(path=shard_file_relpath(name, kind), bytes=10 + k, sha256="ab" * 32)
+                 for kind in shard_files(codec)}
+        shards.append(ShardEntry(name=name, num_samples=per_shard, source=f"{name}.tar", files=files))
+    text = TextSpec(tokenizer_file="tokenizer.json", tokenizer_sha256="cd" * 32, tokenizer_spec="wordpiece:100",
+                    vocab_size=100, max_len=16, dtype="uint16", pad_id=0, cls_id=2, sep_id=3, mask_id=4, unk_id=1)
     return Manifest(
         num_samples=num_shards * per_shard, image=ImageSpec.create(32, 8, codec, 95), text=text,
         splits={"train": 5, "val": 1}, shards=shards,

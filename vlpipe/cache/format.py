@@ -10,11 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+import typing
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from vlpipe.errors import VlpipeError
 from vlpipe.imaging import CLIP_MEAN, CLIP_STD
@@ -123,69 +125,55 @@ def label_counts(labels: np.ndarray, splits: list[str], multilabel: bool,
     return counts, unlabeled
 
 
-def check_labels_section(labels: Any, source: str) -> None:
-    """The fields a trainer relies on: a known task and one name per label id.
+class _Record(BaseModel):
+    """A section of manifest.json: strict types (a bool is no count), keys beyond the format ignored."""
 
-    Called by verify rather than by load_manifest, so that a reader that needs only labels.npy
-    still opens a cache whose labels section another tool wrote differently.
+    model_config = ConfigDict(strict=True, extra="ignore", validate_assignment=False)
+
+
+def _inside_cache(path: str) -> str:
+    """A file path relative to the cache folder, refused if it leads out of it.
+
+    A manifest from someone else must not make the reader, `cache verify` or `cache info` open
+    files elsewhere (an absolute path, or one through `..`).
     """
-    if labels is None:
-        return
-    f = _Fields(labels, "labels", source)
-    task = f.get("task", str)
-    if task not in LABEL_TASKS:
-        raise VlpipeError(f"{source}: labels.task is {task!r}, expected one of {', '.join(LABEL_TASKS)}")
-    names = f.get("names", list)
-    if f.get("num_labels", int) != len(names) or not all(isinstance(n, str) for n in names):
-        raise VlpipeError(f"{source}: labels.names must be num_labels strings")
-    if len(names) < 2 and task != "multilabel":
-        raise VlpipeError(f"{source}: a {task} task needs at least 2 label names, found {len(names)}")
+    pure = PurePosixPath(path)
+    if not pure.parts or pure.is_absolute() or ".." in pure.parts:
+        raise ValueError(f"is {path!r}, which leaves the cache folder (expected a path inside it, like "
+                         "shards/00000/images.npy)")
+    return path
 
 
-class _Fields:
-    """Reads required fields from a JSON object, naming the full field path when one is wrong."""
-
-    def __init__(self, obj: Any, where: str, source: str):
-        if not isinstance(obj, dict):
-            raise VlpipeError(f"{source}: field {where or 'root'!r} must be a JSON object")
-        self.obj, self.where, self.source = obj, where, source
-
-    def _name(self, key: str) -> str:
-        return f"{self.where}.{key}" if self.where else key
-
-    def get(self, key: str, types: type | tuple[type, ...]) -> Any:
-        if key not in self.obj:
-            raise VlpipeError(f"{self.source}: missing field {self._name(key)!r}")
-        value = self.obj[key]
-        # bool is an int subclass in Python; a manifest saying `"vocab_size": true` is still wrong.
-        if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
-            raise VlpipeError(f"{self.source}: field {self._name(key)!r} has the wrong type")
-        if not isinstance(value, types):
-            raise VlpipeError(f"{self.source}: field {self._name(key)!r} has the wrong type")
-        return value
-
-    def inside_cache(self, key: str) -> str:
-        """A file path relative to the cache folder, refused if it leads out of it.
-
-        A manifest from someone else must not make the reader, `cache verify` or `cache info`
-        open files elsewhere (an absolute path, or one through `..`).
-        """
-        path = self.get(key, str)
-        pure = PurePosixPath(path)
-        if not pure.parts or pure.is_absolute() or ".." in pure.parts:
-            raise VlpipeError(f"{self.source}: field {self._name(key)!r} is {path!r}, which leaves the cache "
-                              "folder (expected a path inside it, like shards/00000/images.npy)")
-        return path
-
-    def sub(self, key: str) -> _Fields:
-        return _Fields(self.get(key, dict), self._name(key), self.source)
+CachePath = Annotated[str, AfterValidator(_inside_cache)]
 
 
-_NUM = (int, float)
+class LabelsSection(_Record):
+    """The fields of the manifest's `labels` a trainer relies on: a known task, one name per label id.
+
+    Only these are checked, so `vlpipe cache verify` still opens a cache whose labels section
+    another tool wrote differently (the section itself is kept as the plain object it is).
+    """
+
+    task: Literal[LABEL_TASKS]  # type: ignore[valid-type]
+    num_labels: int
+    names: list[str]
+
+    @model_validator(mode="after")
+    def _names(self) -> LabelsSection:
+        if self.num_labels != len(self.names):
+            raise ValueError("labels.names must be num_labels strings")
+        if len(self.names) < 2 and self.task != "multilabel":
+            raise ValueError(f"a {self.task} task needs at least 2 label names, found {len(self.names)}")
+        return self
 
 
-@dataclass
-class ImageSpec:
+def check_labels_section(labels: Any, source: str) -> None:
+    """Raise a one-line VlpipeError naming what is wrong with a `labels` section (None is fine)."""
+    if labels is not None:
+        _validated(LabelsSection, labels, source, prefix="labels")
+
+
+class ImageSpec(_Record):
     image_size: int
     patch_size: int
     grid: int
@@ -193,11 +181,11 @@ class ImageSpec:
     patch_dim: int
     dtype: str = "uint8"
     layout: str = PATCH_LAYOUT
-    mean: list[float] = field(default_factory=lambda: list(CLIP_MEAN))
-    std: list[float] = field(default_factory=lambda: list(CLIP_STD))
+    mean: list[float] = Field(default_factory=lambda: list(CLIP_MEAN))
+    std: list[float] = Field(default_factory=lambda: list(CLIP_STD))
     # Version 2: how the images are stored. A JPEG cache records its quality, chroma subsampling
     # and the library that encoded it (another version of it may write other bytes).
-    codec: str = "raw"
+    codec: Literal[CODECS] = "raw"  # type: ignore[valid-type]
     quality: int | None = None
     subsampling: str | None = None
     encoder: str | None = None
@@ -210,41 +198,17 @@ class ImageSpec:
     @classmethod
     def create(cls, image_size: int, patch_size: int, codec: str = "raw", quality: int | None = None) -> ImageSpec:
         grid = image_size // patch_size
-        spec = cls(image_size, patch_size, grid, grid * grid, patch_size * patch_size * 3, codec=codec)
+        spec = cls(image_size=image_size, patch_size=patch_size, grid=grid, num_patches=grid * grid,
+                   patch_dim=patch_size * patch_size * 3, codec=codec)
         if codec == "jpeg":
             from vlpipe.cache.codec import JPEG_SUBSAMPLING, encoder_name  # simplejpeg only where needed
 
             spec.quality, spec.subsampling, spec.encoder = quality, JPEG_SUBSAMPLING, encoder_name()
         return spec
 
-    @classmethod
-    def _parse(cls, f: _Fields, version: int) -> ImageSpec:
-        spec = cls(
-            image_size=f.get("image_size", int), patch_size=f.get("patch_size", int),
-            grid=f.get("grid", int), num_patches=f.get("num_patches", int),
-            patch_dim=f.get("patch_dim", int), dtype=f.get("dtype", str), layout=f.get("layout", str),
-            mean=[float(x) for x in f.get("mean", list)], std=[float(x) for x in f.get("std", list)],
-        )
-        if version == 1:
-            return spec
-        spec.codec = f.get("codec", str)
-        if spec.codec not in CODECS:
-            raise VlpipeError(f"{f.source}: image.codec is {spec.codec!r}, expected one of {', '.join(CODECS)}")
-        if spec.codec == "jpeg":
-            spec.quality, spec.subsampling = f.get("quality", int), f.get("subsampling", str)
-            spec.encoder = f.get("encoder", str)
-            # Decoded images are cut into the patch grid, so the numbers must agree.
-            if (spec.grid * spec.patch_size != spec.image_size or spec.num_patches != spec.grid**2
-                    or spec.patch_dim != spec.patch_size**2 * 3):
-                raise VlpipeError(f"{f.source}: image sizes disagree (image_size {spec.image_size}, patch_size "
-                                  f"{spec.patch_size}, grid {spec.grid}, num_patches {spec.num_patches}, "
-                                  f"patch_dim {spec.patch_dim})")
-        return spec
 
-
-@dataclass
-class TextSpec:
-    tokenizer_file: str
+class TextSpec(_Record):
+    tokenizer_file: CachePath
     tokenizer_sha256: str
     tokenizer_spec: str
     vocab_size: int
@@ -257,30 +221,14 @@ class TextSpec:
     # None for tokenizers that can spell any string (open_clip's byte-level BPE has no [UNK]).
     unk_id: int | None
 
-    @classmethod
-    def _parse(cls, f: _Fields) -> TextSpec:
-        return cls(
-            tokenizer_file=f.inside_cache("tokenizer_file"), tokenizer_sha256=f.get("tokenizer_sha256", str),
-            tokenizer_spec=f.get("tokenizer_spec", str), vocab_size=f.get("vocab_size", int),
-            max_len=f.get("max_len", int), dtype=f.get("dtype", str), pad_id=f.get("pad_id", int),
-            cls_id=f.get("cls_id", int), sep_id=f.get("sep_id", int), mask_id=f.get("mask_id", int),
-            unk_id=f.get("unk_id", (int, type(None))),
-        )
 
-
-@dataclass
-class FileEntry:
-    path: str
+class FileEntry(_Record):
+    path: CachePath
     bytes: int
     sha256: str
 
-    @classmethod
-    def _parse(cls, f: _Fields) -> FileEntry:
-        return cls(path=f.inside_cache("path"), bytes=f.get("bytes", int), sha256=f.get("sha256", str))
 
-
-@dataclass
-class ShardEntry:
+class ShardEntry(_Record):
     name: str
     num_samples: int
     source: str
@@ -290,29 +238,57 @@ class ShardEntry:
         """Absolute path of one of this shard's files (`images`, `tokens`, `lengths`, `meta`, ...)."""
         return Path(cache_dir) / self.files[kind].path
 
-    @classmethod
-    def _parse(cls, f: _Fields, codec: str) -> ShardEntry:
-        files_f = f.sub("files")
-        files = {kind: FileEntry._parse(files_f.sub(kind)) for kind in files_f.obj}
-        for kind in shard_files(codec):
-            if kind not in files:
-                raise VlpipeError(f"{f.source}: missing field {files_f._name(kind)!r}")
-        return cls(name=f.get("name", str), num_samples=f.get("num_samples", int),
-                   source=f.get("source", str), files=files)
 
-
-@dataclass
-class Manifest:
+class Manifest(_Record):
     num_samples: int
     image: ImageSpec
     text: TextSpec
     splits: dict[str, int]
     shards: list[ShardEntry]
     labels: dict[str, Any] | None = None
-    provenance: dict[str, Any] = field(default_factory=dict)
-    skipped: dict[str, int] = field(default_factory=dict)
+    provenance: dict[str, Any] = Field(default_factory=dict)
+    skipped: dict[str, int] = Field(default_factory=dict)
     format: str = FORMAT_NAME
     version: int = FORMAT_VERSION
+
+    @model_validator(mode="before")
+    @classmethod
+    def _format_and_version(cls, obj: Any) -> Any:
+        """The checks that decide how the rest is read: the format's name, its version and (from
+        version 2 on) the image codec and its fields, which version 1 lacks."""
+        if not isinstance(obj, dict):
+            return obj
+        if "format" in obj and obj["format"] != FORMAT_NAME:
+            raise ValueError(f"format is {obj['format']!r}, expected {FORMAT_NAME!r}")
+        version = obj.get("version")
+        if isinstance(version, int) and not isinstance(version, bool) and version not in READABLE_VERSIONS:
+            raise ValueError(f"cache format version {version} is not supported (this vlpipe reads versions "
+                             f"{', '.join(map(str, READABLE_VERSIONS))}); rebuild it with `vlpipe build-cache`")
+        image = obj.get("image")
+        if version != 1 and isinstance(image, dict):
+            required = ["codec", *(["quality", "subsampling", "encoder"] if image.get("codec") == "jpeg" else [])]
+            for key in required:
+                if key not in image:
+                    raise ValueError(f"missing field 'image.{key}'")
+        return {**obj, "labels": obj.get("labels"), "provenance": obj.get("provenance") or {},
+                "skipped": obj.get("skipped") or {}}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        image = self.image
+        if image.codec == "jpeg" and (image.grid * image.patch_size != image.image_size or
+                                      image.num_patches != image.grid**2 or image.patch_dim != image.patch_size**2 * 3):
+            # Decoded images are cut into the patch grid, so the numbers must agree.
+            raise ValueError(f"image sizes disagree (image_size {image.image_size}, patch_size {image.patch_size}, "
+                             f"grid {image.grid}, num_patches {image.num_patches}, patch_dim {image.patch_dim})")
+        for i, shard in enumerate(self.shards):
+            for kind in shard_files(image.codec):
+                if kind not in shard.files:
+                    raise ValueError(f"missing field 'shards[{i}].files.{kind}'")
+        total = sum(s.num_samples for s in self.shards)
+        if total != self.num_samples:
+            raise ValueError(f"num_samples is {self.num_samples} but the shards hold {total} samples")
+        return self
 
     def shard_offsets(self) -> list[int]:
         """Global index of each shard's first sample (samples are numbered in shard order)."""
@@ -324,50 +300,54 @@ class Manifest:
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest.json object, keys in the documented order."""
-        return {
-            "format": self.format, "version": self.version, "num_samples": self.num_samples,
-            "image": asdict(self.image), "text": asdict(self.text), "splits": dict(self.splits),
-            "shards": [asdict(s) for s in self.shards], "labels": self.labels,
-            "provenance": self.provenance, "skipped": dict(self.skipped),
-        }
+        out = self.model_dump(mode="json")
+        return {k: out[k] for k in ("format", "version", "num_samples", "image", "text", "splits", "shards",
+                                    "labels", "provenance", "skipped")}
 
     @classmethod
     def from_dict(cls, obj: Any, source: str = MANIFEST) -> Manifest:
         """Parse and check a manifest object; VlpipeError names the first missing or wrong field."""
-        f = _Fields(obj, "", source)
-        fmt = f.get("format", str)
-        if fmt != FORMAT_NAME:
-            raise VlpipeError(f"{source}: format is {fmt!r}, expected {FORMAT_NAME!r}")
-        version = f.get("version", int)
-        if version not in READABLE_VERSIONS:
-            raise VlpipeError(
-                f"{source}: cache format version {version} is not supported (this vlpipe reads "
-                f"versions {', '.join(map(str, READABLE_VERSIONS))}); rebuild it with `vlpipe build-cache`"
-            )
-        image = ImageSpec._parse(f.sub("image"), version)
-        shards_raw = f.get("shards", list)
-        shards = [ShardEntry._parse(_Fields(s, f"shards[{i}]", source), image.codec) for i, s in enumerate(shards_raw)]
-        labels = obj.get("labels")
-        if labels is not None and not isinstance(labels, dict):
-            raise VlpipeError(f"{source}: field 'labels' must be null or a JSON object")
-        manifest = cls(
-            num_samples=f.get("num_samples", int),
-            image=image,
-            text=TextSpec._parse(f.sub("text")),
-            splits={str(k): int(v) for k, v in f.get("splits", dict).items()},
-            shards=shards,
-            labels=labels,
-            provenance=dict(obj.get("provenance") or {}),
-            skipped={str(k): int(v) for k, v in (obj.get("skipped") or {}).items()},
-            format=fmt,
-            version=version,
-        )
-        total = sum(s.num_samples for s in shards)
-        if total != manifest.num_samples:
-            raise VlpipeError(
-                f"{source}: num_samples is {manifest.num_samples} but the shards hold {total} samples"
-            )
-        return manifest
+        return _validated(cls, obj, source)
+
+
+def _validated(cls: type[_Record], obj: Any, source: str, prefix: str = "") -> Any:
+    """`cls` from a JSON object, or a one-line VlpipeError naming the field (`shards[1].files.tokens`)."""
+    if not isinstance(obj, dict):
+        raise VlpipeError(f"{source}: field {prefix or 'root'!r} must be a JSON object")
+    try:
+        return cls.model_validate(obj)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        parts = [prefix] if prefix else []
+        for part in error["loc"]:
+            if isinstance(part, int):
+                parts[-1] = f"{parts[-1]}[{part}]" if parts else f"[{part}]"
+            else:
+                parts.append(str(part))
+        name = ".".join(parts)
+        if error["type"] == "missing":
+            raise VlpipeError(f"{source}: missing field {name!r}") from None
+        if error["type"] == "value_error":
+            message = str(error.get("ctx", {}).get("error", error["msg"]))
+            if prefix and not error["loc"]:
+                name = ""
+            raise VlpipeError(f"{source}: field {name!r} {message}" if error["loc"] else f"{source}: {message}") \
+                from None
+        if error["type"] == "literal_error":
+            raise VlpipeError(f"{source}: {name} is {error['input']!r}, expected one of "
+                              f"{', '.join(str(a) for a in typing.get_args(_annotation(cls, error['loc'])))}") from None
+        if error["type"] in ("model_type", "dict_type"):
+            raise VlpipeError(f"{source}: field {name!r} must be a JSON object") from None
+        raise VlpipeError(f"{source}: field {name!r} has the wrong type") from None
+
+
+def _annotation(cls: type[BaseModel], loc: tuple[Any, ...]) -> Any:
+    """The type annotation of the field at `loc` (for the allowed values of a Literal)."""
+    annotation: Any = cls
+    for part in loc:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel) and isinstance(part, str):
+            annotation = annotation.model_fields[part].annotation
+    return annotation
 
 
 def load_manifest(cache_dir: str | os.PathLike[str]) -> Manifest:

@@ -274,8 +274,8 @@ def write_manifest(out: Path, options: BuildOptions, source: Source, records: li
                     cls_id=text_fields["cls_id"], sep_id=text_fields["sep_id"],
                     mask_id=text_fields["mask_id"], unk_id=text_fields["unk_id"])
     # Shards left empty (every sample skipped) are not listed: readers never see zero-length arrays.
-    shards = [ShardEntry(rec["name"], rec["num_samples"], rec["source"],
-                         {k: FileEntry(**v) for k, v in rec["files"].items()})
+    shards = [ShardEntry(name=rec["name"], num_samples=rec["num_samples"], source=rec["source"],
+                         files={k: FileEntry(**v) for k, v in rec["files"].items()})
               for rec in records if rec["num_samples"] > 0]
     splits: Counter[str] = Counter()
     for rec in records:
