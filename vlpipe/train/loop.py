@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -38,37 +37,8 @@ from vlpipe.train.distributed import DistInfo, any_of, any_true, barrier
 from vlpipe.train.live import LiveView
 from vlpipe.train.metrics_log import Accumulator, MetricsWriter, json_number
 from vlpipe.train.schedule import WarmupCosine, warmup_steps_for
+from vlpipe.train.signals import Interrupted, signals_caught
 from vlpipe.utils.atomic import write_json_atomic
-
-
-class Interrupted(VlpipeError):
-    """SIGINT or SIGTERM stopped a run, after it saved a checkpoint: `--resume` continues it exactly."""
-
-    def __init__(self, message: str, signal_number: int) -> None:
-        super().__init__(message)
-        self.signal_number = signal_number
-
-
-@contextlib.contextmanager
-def _signals_caught() -> Iterator[list[int]]:
-    """Collect SIGINT/SIGTERM (Ctrl-C, a scheduler's pre-emption) instead of dying mid-step; a second
-    signal stops at once. Only the main thread can install handlers; elsewhere nothing is caught."""
-    caught: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield caught
-        return
-
-    def handler(number: int, frame: Any) -> None:
-        if caught:
-            raise KeyboardInterrupt
-        caught.append(number)
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield caught
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 class Cadence(NamedTuple):
@@ -274,7 +244,7 @@ class Loop:
         live = LiveView(self.cadence.total_steps, self.step, self.settings.live and self.info.is_main,
                         title=self.task.title)
         try:
-            with _signals_caught() as caught:
+            with signals_caught() as caught:
                 val, last_train = self._train(live, began, caught)
             if val is None:  # a finished run resumed: its final numbers, already in metrics.jsonl
                 val = self._evaluate(live, began, record=False)
