@@ -1,46 +1,40 @@
-"""`vlpipe demo`: the whole pipeline offline on the embedded dataset (see vlpipe.demo.run)."""
+"""`vlpipe demo`: the whole pipeline offline on the embedded dataset (see vlpipe.demo.run).
+
+The options are generated from `DemoConfig`'s declarations, so a bad value is refused naming its
+flag before anything is drawn or fetched.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
+from vlpipe.cli.options import cli_options
 from vlpipe.demo.run import DemoConfig
 
-_DEFAULTS = DemoConfig()
+# The exit status when every stage ran but a learning stage failed its purpose (the verdict line
+# says which); 1 stays the status of an error that stopped the demo.
+DID_NOT_LEARN = 3
 
 
 @click.command("demo")
-@click.option("--out", default=_DEFAULTS.out, show_default=True, type=click.Path(file_okay=False),
-              help="Folder for everything the demo writes (the drawn images are reused on reruns).")
-@click.option("--size", default=_DEFAULTS.size, show_default=True, type=int,
-              help="Number of captioned images to draw and serve.")
-@click.option("--steps", default=_DEFAULTS.steps, show_default=True, type=int,
-              help="Training steps of the tiny model (the main share of the demo's time).")
-@click.option("--batch-size", default=_DEFAULTS.batch_size, show_default=True, type=int,
-              help="Training and benchmark batch size.")
-@click.option("--lr", default=_DEFAULTS.lr, show_default=True, type=float, help="Peak learning rate.")
-@click.option("--image-size", default=_DEFAULTS.image_size, show_default=True, type=int,
-              help="Pixels per side the model sees (the cache's --image-size).")
-@click.option("--patch-size", default=_DEFAULTS.patch_size, show_default=True, type=int,
-              help="Pixels per side of an image patch.")
-@click.option("--processes", default=_DEFAULTS.processes, show_default=True, type=int,
-              help="Processes/threads for fetch, cache building, training and the benchmark.")
-@click.option("--bench-seconds", default=_DEFAULTS.bench_seconds, show_default=True, type=float,
-              help="Seconds per pipeline and round in the loader benchmark.")
-@click.option("--seed", default=_DEFAULTS.seed, show_default=True, type=int,
-              help="Seed of the drawn images and of training.")
-@click.option("--no-live", is_flag=True, help="No live progress views (for logs and CI).")
-def demo(out: str, size: int, steps: int, batch_size: int, lr: float, image_size: int, patch_size: int,
-         processes: int, bench_seconds: float, seed: int, no_live: bool) -> None:
-    """Run fetch, build-cache, train pretrain and bench dataloader offline on an embedded dataset.
+@cli_options(DemoConfig)
+def demo(config_file: str | None, **flags: Any) -> None:
+    """Run fetch, build-cache, train pretrain, a downstream task and bench dataloader offline.
 
     Draws captioned images (shapes, colours, positions, counts over photos and textures), serves
-    them with some broken links from a local server on 127.0.0.1, and runs every stage for real.
-    Prints and writes OUT/summary.json: kept/dropped images, cache size, validation alignment
-    accuracy against chance, MLM accuracy, the loader speed-up, and where plots are.
+    them with some broken links from a local server on 127.0.0.1, and runs every stage for real:
+    pretrains the tiny model, then fine-tunes a true/false-statement task (which needs image and
+    text together) from scratch and from that pretraining run, over several seeds. Prints and
+    writes OUT/summary.json: kept/dropped images, cache size, validation alignment accuracy
+    against chance, the downstream gap between the two inits against the seed spread, chance and
+    single-modality shortcuts, the loader speed-up, where plots and the report are, and a verdict.
+    Exits with status 3 when alignment or the downstream gap was not learned.
     """
     from vlpipe.demo.run import run_demo
+    from vlpipe.settings import load_settings
 
-    run_demo(DemoConfig(out=out, size=size, steps=steps, batch_size=batch_size, lr=lr, image_size=image_size,
-                        patch_size=patch_size, processes=processes, bench_seconds=bench_seconds, seed=seed,
-                        live=not no_live))
+    summary = run_demo(load_settings(DemoConfig, config_file, flags))
+    if not summary["verdict"]["ok"]:
+        click.get_current_context().exit(DID_NOT_LEARN)

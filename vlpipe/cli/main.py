@@ -26,7 +26,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "cache": ("vlpipe.cli.cache", "cache", "Inspect a cache: verify checksums; show its info and a contact sheet (info --grid); merge parts."),
     "train": ("vlpipe.cli.train", "train", "Pretrain (MLM, alignment, MIM) or fine-tune on a cache."),
     "plot": ("vlpipe.cli.train", "plot", "Redraw the loss/accuracy plots of a run directory."),
-    "report": ("vlpipe.cli.train", "report", "Compare fine-tuning runs: mean ± std over seeds, as Markdown and PNG."),
+    "eval": ("vlpipe.cli.train", "evaluate", "Zero-shot retrieval and a linear probe of a pretraining run (RUN/eval.json)."),
+    "report": ("vlpipe.cli.train", "report", "Compare runs: fine-tuning mean ± std per init and fusion, eval results; "
+               "Markdown and PNG."),
     "bench": ("vlpipe.cli.bench", "bench", "Measure vlpipe's loader against JPEG-decoding loaders."),
     "demo": ("vlpipe.cli.demo", "demo", "Run the whole pipeline offline on an embedded dataset."),
 }

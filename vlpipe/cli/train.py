@@ -1,17 +1,20 @@
-"""`vlpipe train pretrain`, `vlpipe train finetune`, `vlpipe plot` and `vlpipe report`: a thin shell
-over `vlpipe.train`.
+"""`vlpipe train pretrain`, `vlpipe train finetune`, `vlpipe plot`, `vlpipe eval` and `vlpipe report`:
+a thin shell over `vlpipe.train` and `vlpipe.eval`.
 
-The options are generated from the settings' declarations (vlpipe/train/config.py), so their
-names, help and shown defaults cannot drift from what the library does.
+The options are generated from the settings' declarations (vlpipe/train/config.py,
+vlpipe/eval/evaluate.py), so their names, help and shown defaults cannot drift from what the
+library does.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
 
 from vlpipe.cli.options import cli_options
+from vlpipe.eval.evaluate import EvalConfig
 from vlpipe.train.config import FinetuneConfig, PretrainConfig
 
 
@@ -81,27 +84,65 @@ def finetune(config_file: str | None, **flags: Any) -> None:
                 click.echo(f"  {split} {name}: {mean:.4f} ± {s['std'][split][name] or 0.0:.4f}")
 
 
+@click.command("eval")
+@click.argument("run", type=click.Path(path_type=str))
+@cli_options(EvalConfig, skip=("run",))
+def evaluate(run: str, config_file: str | None, **flags: Any) -> None:
+    """Zero-shot retrieval and a linear probe of a pretraining RUN, written to RUN/eval.json.
+
+    \b
+    Retrieval (--cache): every image of the split is scored against every caption by the
+    alignment head; R@1/5/10 image->text and text->image, beside chance. N^2 pair forwards.
+    Probe (--probe-cache): logistic regression on frozen pooled features (text, image, fused),
+    train split -> val split, against the same probe on a randomly initialised model.
+
+    \b
+    Examples:
+      vlpipe eval runs/cc --cache cache/cc --max-samples 1000
+      vlpipe eval runs/cc --probe-cache cache/hm
+      vlpipe report runs/cc runs/cc-long          # compare the runs' eval.json
+    """
+    from vlpipe.eval.evaluate import evaluate_run
+    from vlpipe.settings import load_settings
+    from vlpipe.train.compare import EVAL_FILE, run_tables
+
+    evaluate_run(load_settings(EvalConfig, config_file, {**flags, "run": run}))
+    _print_tables(run_tables([run])[1])
+    click.echo(f"wrote {Path(run) / EVAL_FILE}")
+
+
 @click.command("report")
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("--out", type=click.Path(path_type=str), default=None,
               help="Folder for report.md and report.png. [default: the first run's parent folder]")
 def report(runs: tuple[str, ...], out: str | None) -> None:
-    """Compare fine-tuning runs: each metric as mean ± std over seeds, as Markdown and PNG.
+    """Compare runs, as Markdown and PNG: fine-tuning runs (each metric as mean ± std over seeds, the
+    gap of each initialised run to the run from scratch with the same fusion placement, chance),
+    grouped early / middle / late fusion; pretraining runs by their `vlpipe eval` results.
 
     \b
-    Example:
+    Examples:
       vlpipe report runs/hm-scratch runs/hm-pretrained --out reports/hm
+      vlpipe report runs/hm-early-* runs/hm-middle-* runs/hm-late-*     # the fusion table
+      vlpipe report runs/cc-100k runs/cc-200k                           # after `vlpipe eval` of each
     """
-    from rich.console import Console
-    from rich.table import Table
-
     from vlpipe.train.compare import build_report
 
     result = build_report(list(runs), out)
-    table = Table(title="fine-tuning: mean ± std over seeds")
-    for name in result.header:
-        table.add_column(name)
-    for row in result.rows:
-        table.add_row(*row)
-    Console().print(table)
+    _print_tables(result.tables)
     click.echo(f"wrote {result.markdown} and {result.png}")
+
+
+def _print_tables(tables: list[Any]) -> None:
+    """`vlpipe.train.compare.Table`s as rich tables, each with its reading note."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for table in tables:
+        shown = Table(title=table.title, caption=table.note, caption_justify="left")
+        for name in table.header:
+            shown.add_column(name)
+        for row in table.rows:
+            shown.add_row(*row)
+        console.print(shown)

@@ -93,7 +93,8 @@ class Scene:
     caption: str = ""
 
 
-def _pick(rng: np.random.Generator, options: tuple | list):
+def pick(rng: np.random.Generator, options: tuple | list):
+    """One of `options`, uniformly (the one way this module draws a word or a template)."""
     return options[int(rng.integers(len(options)))]
 
 
@@ -108,15 +109,15 @@ def _jittered(rng: np.random.Generator, fx: float, fy: float, size: float, side:
 def _layout(rng: np.random.Generator, side: int) -> tuple[str, list[DrawnObject], dict[str, str]]:
     """Choose a scene kind and place its objects; returns facts the caption will state."""
     kind = str(rng.choice(["single", "count", "pair"], p=[0.4, 0.3, 0.3]))
-    colour, shape = str(_pick(rng, list(COLOURS))), str(_pick(rng, SHAPES))
+    colour, shape = str(pick(rng, list(COLOURS))), str(pick(rng, SHAPES))
     if kind == "single":
-        place = str(_pick(rng, list(PLACES)))
+        place = str(pick(rng, list(PLACES)))
         size = rng.uniform(0.38, 0.48) * side
         center = _jittered(rng, *PLACES[place], size, side)
         return kind, [DrawnObject(shape, colour, center, size)], {"place": place}
     if kind == "count":
         count = int(rng.integers(2, 4))
-        arrangement = str(_pick(rng, ["row", "column"] + (["triangle"] if count == 3 else [])))
+        arrangement = str(pick(rng, ["row", "column"] + (["triangle"] if count == 3 else [])))
         size = rng.uniform(0.26, 0.3) * side if count == 3 else rng.uniform(0.3, 0.36) * side
         if arrangement == "triangle":
             spots = [(0.5, 0.27), (0.26, 0.72), (0.74, 0.72)]
@@ -126,9 +127,9 @@ def _layout(rng: np.random.Generator, side: int) -> tuple[str, list[DrawnObject]
         objects = [DrawnObject(shape, colour, _jittered(rng, fx, fy, size, side), size) for fx, fy in spots]
         return kind, objects, {"count": str(count), "arrangement": arrangement}
     # pair: two objects of different colours, side by side or one above the other
-    other_colour = str(_pick(rng, [c for c in COLOURS if c != colour]))
-    other_shape = str(_pick(rng, SHAPES))
-    axis = str(_pick(rng, ["horizontal", "vertical"]))
+    other_colour = str(pick(rng, [c for c in COLOURS if c != colour]))
+    other_shape = str(pick(rng, SHAPES))
+    axis = str(pick(rng, ["horizontal", "vertical"]))
     size = rng.uniform(0.34, 0.42) * side
     first, second = ((0.27, 0.5), (0.73, 0.5)) if axis == "horizontal" else ((0.5, 0.27), (0.5, 0.73))
     objects = [DrawnObject(shape, colour, _jittered(rng, *first, size, side), size),
@@ -136,10 +137,10 @@ def _layout(rng: np.random.Generator, side: int) -> tuple[str, list[DrawnObject]
     return kind, objects, {"axis": axis}
 
 
-def _noun(rng: np.random.Generator, obj: DrawnObject, plural: bool = False) -> str:
-    """"a red circle" / "an orange star" / (plural) "red circles"."""
-    singular, plural_word = _pick(rng, SHAPE_WORDS[obj.shape])
-    colour = _pick(rng, COLOUR_WORDS[obj.colour])
+def noun(rng: np.random.Generator, shape: str, colour: str, plural: bool = False) -> str:
+    """"a red circle" / "an orange star" / (plural) "red circles", synonyms drawn from `rng`."""
+    singular, plural_word = pick(rng, SHAPE_WORDS[shape])
+    colour = pick(rng, COLOUR_WORDS[colour])
     if plural:
         return f"{colour} {plural_word}"
     return f"{'an' if colour[0] in 'aeiou' else 'a'} {colour} {singular}"
@@ -148,23 +149,25 @@ def _noun(rng: np.random.Generator, obj: DrawnObject, plural: bool = False) -> s
 def _caption(rng: np.random.Generator, kind: str, objects: list[DrawnObject], facts: dict[str, str],
              background: str) -> str:
     """A true sentence about the scene; the template and synonyms are drawn from `rng`."""
+    first = objects[0]
     if kind == "single":
-        place = str(_pick(rng, PLACE_WORDS[facts["place"]]))
-        text = str(_pick(rng, SINGLE_TEMPLATES)).format(obj=_noun(rng, objects[0]), place=place,
+        place = str(pick(rng, PLACE_WORDS[facts["place"]]))
+        text = str(pick(rng, SINGLE_TEMPLATES)).format(obj=noun(rng, first.shape, first.colour), place=place,
                                                         Place=place[0].upper() + place[1:])
     elif kind == "count":
         arrangement = {"row": " in a row", "column": " in a column", "triangle": ""}[facts["arrangement"]]
-        text = str(_pick(rng, COUNT_TEMPLATES)).format(
-            num=NUMBER_WORDS[int(facts["count"])], objs=_noun(rng, objects[0], plural=True),
+        text = str(pick(rng, COUNT_TEMPLATES)).format(
+            num=NUMBER_WORDS[int(facts["count"])], objs=noun(rng, first.shape, first.colour, plural=True),
             arr=arrangement if rng.random() < 0.6 else "")
     else:
         a, b = objects  # a is left of / above b; say it either way round
         relation = ("to the left of", "to the right of") if facts["axis"] == "horizontal" else ("above", "below")
         if rng.random() < 0.5:
             a, b, relation = b, a, (relation[1], relation[0])
-        text = str(_pick(rng, PAIR_TEMPLATES)).format(a=_noun(rng, a), rel=relation[0], b=_noun(rng, b))
+        text = str(pick(rng, PAIR_TEMPLATES)).format(a=noun(rng, a.shape, a.colour), rel=relation[0],
+                                                       b=noun(rng, b.shape, b.colour))
     if rng.random() < 0.35:
-        text += " " + str(_pick(rng, BACKGROUND_WORDS[background]))
+        text += " " + str(pick(rng, BACKGROUND_WORDS[background]))
     return text
 
 
