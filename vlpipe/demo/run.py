@@ -135,9 +135,9 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, An
     with DemoServer(captions.parent) as server, _stage(console, summary, "fetch", "fetching over HTTP"):
         tsv = out / "cc.tsv"
         rows = write_cc_tsv(captions, server.base_url, tsv, extra_rows=server.broken_rows())
-        console.print(f"serving {rows} rows ({len(BROKEN)} deliberately broken) at {server.base_url}; "
-                      f"img2dataset's output goes to {out / 'fetch.log'}" + ("" if config.verbose else
-                                                                              " (--verbose shows it)"))
+        console.print(f"serving {rows:,} rows ({len(BROKEN)} deliberately broken) at {server.base_url}")
+        console.print(f"img2dataset's own output: {out / 'fetch.log'}" + ("" if config.verbose else
+                                                                          " (--verbose shows it here)"))
         summary["fetch"] = _fetch(config, tsv, out / "raw", out / "fetch.log")
 
     with _stage(console, summary, "cache", "building the cache"):
@@ -180,8 +180,9 @@ class _stage:  # noqa: N801 (used like a function: `with _stage(...)`)
 
 @contextlib.contextmanager
 def output_to(log: Path, enabled: bool) -> Iterator[None]:
-    """Send everything written to stdout and stderr to `log` while enabled: also what child processes
-    write (img2dataset's workers inherit the file descriptors), which replacing `sys.stdout` would miss."""
+    """Send everything written to stdout and stderr to `log` while enabled: Python's own streams
+    (prints and progress bars of this process) and file descriptors 1 and 2, which the processes
+    img2dataset starts inherit."""
     if not enabled:
         yield
         return
@@ -189,14 +190,13 @@ def output_to(log: Path, enabled: bool) -> Iterator[None]:
     sys.stderr.flush()
     saved = (os.dup(1), os.dup(2))
     try:
-        with open(log, "ab") as fh:
+        with open(log, "a", encoding="utf-8") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
             os.dup2(fh.fileno(), 1)
             os.dup2(fh.fileno(), 2)
             try:
                 yield
             finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
+                fh.flush()
                 os.dup2(saved[0], 1)
                 os.dup2(saved[1], 2)
     finally:
@@ -226,7 +226,7 @@ def _fetch(config: DemoConfig, tsv: Path, raw: Path, log: Path) -> dict[str, Any
     return {key: report[key] for key in ("attempted", "kept", "dropped", "dropped_total", "images_per_s")}
 
 
-def cache_bytes(manifest: Any) -> int:
+def _cache_bytes(manifest: Any) -> int:
     """The bytes of a cache's shards, as `vlpipe build-cache` and `vlpipe cache info` count them."""
     return sum(f.bytes for s in manifest.shards for f in s.files.values())
 
@@ -238,7 +238,7 @@ def _build_cache(config: DemoConfig, raw: Path, cache: Path) -> dict[str, Any]:
                            max_len=config.max_len, tokenizer=f"wordpiece:{config.vocab_size}",
                            val_fraction=config.val_fraction, processes=config.processes, quiet=not config.live)
     return {"dir": str(cache), "samples": manifest.num_samples, "splits": dict(manifest.splits),
-            "bytes": cache_bytes(manifest), "skipped": dict(manifest.skipped), "vocab_size": manifest.text.vocab_size}
+            "bytes": _cache_bytes(manifest), "skipped": dict(manifest.skipped), "vocab_size": manifest.text.vocab_size}
 
 
 def _train(config: DemoConfig, cache: Path, run: Path) -> dict[str, Any]:

@@ -92,6 +92,8 @@ def load_run_model(run: str | Path) -> tuple[ViLBERT, Path]:
         model = build_model(ModelConfig.from_dict(saved))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise VlpipeError(f"{checkpoint}/config.json has no model config ({exc})") from exc
+    except VlpipeError as exc:
+        raise VlpipeError(f"{checkpoint}/config.json: {exc}") from None
     weights = load_file(str(checkpoint / "model.safetensors"))
     mismatch = set(weights) ^ set(model.state_dict())
     if mismatch:
