@@ -157,7 +157,7 @@ def _fresh_and_trained_retrieval(run: Path, cache: Path, n: int) -> tuple[dict, 
     from vlpipe.eval.retrieval import pair_scores, retrieval_metrics, same_caption
     from vlpipe.model import build_model
 
-    trained = evaluate_run(EvalConfig(run=str(run), cache=str(cache), max_samples=n))["retrieval"]
+    trained = evaluate_run(run, EvalConfig(cache=str(cache), max_samples=n))["retrieval"]
     dataset = CacheDataset(cache, split="val")
     batch = {k: v.clone() for k, v in dataset.__getitems__(list(range(n))).items()}
     torch.manual_seed(0)

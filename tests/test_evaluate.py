@@ -40,7 +40,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def test_retrieval_and_probe_results_in_eval_json(world: dict[str, Path]) -> None:
-    result = evaluate_run(EvalConfig(run=str(world["run"]), cache=str(world["cache"]),
+    result = evaluate_run(world["run"], EvalConfig(cache=str(world["cache"]),
                                      probe_cache=str(world["labelled"]), max_samples=10, ks=(1, 5)))
     assert json.loads((world["run"] / EVAL_FILE).read_text()) == json.loads(json.dumps(result))
     assert result["checkpoint"] == "step_00000003" and result["device"] == "cpu"
@@ -61,7 +61,7 @@ def test_retrieval_and_probe_results_in_eval_json(world: dict[str, Path]) -> Non
 
 def test_the_probe_is_deterministic_for_a_seed(world: dict[str, Path]) -> None:
     def probe(seed: int) -> dict:
-        return evaluate_run(EvalConfig(run=str(world["run"]), probe_cache=str(world["labelled"]), seed=seed))["probe"]
+        return evaluate_run(world["run"], EvalConfig(probe_cache=str(world["labelled"]), seed=seed))["probe"]
 
     first, again, other = probe(0), probe(0), probe(1)
     assert first["pretrained"] == again["pretrained"] == other["pretrained"]  # the run's weights: no seed
@@ -73,22 +73,22 @@ def test_the_probe_is_deterministic_for_a_seed(world: dict[str, Path]) -> None:
 def test_bad_inputs_are_named(world: dict[str, Path], tmp_path: Path) -> None:
     run, cache = str(world["run"]), str(world["cache"])
     with pytest.raises(VlpipeError, match="give --cache"):
-        EvalConfig(run=run)
+        EvalConfig()
     with pytest.raises(VlpipeError, match="no checkpoint found"):
-        evaluate_run(EvalConfig(run=str(tmp_path), cache=cache))
+        evaluate_run(tmp_path, EvalConfig(cache=cache))
     with pytest.raises(VlpipeError, match="--probe-cache .* has no labels"):
-        evaluate_run(EvalConfig(run=run, probe_cache=cache))
+        evaluate_run(run, EvalConfig(probe_cache=cache))
     other = build_cache(world["statements"], tmp_path / "other", label_column="label",
                         tokenizer=str(world["cache"] / "tokenizer.json"), image_size=64, patch_size=16, max_len=16,
                         processes=1, quiet=True)
     assert other.image.image_size == 64
     with pytest.raises(VlpipeError, match=r"--cache .* does not fit the run's model \(vision.image_size 32 vs 64"):
-        evaluate_run(EvalConfig(run=run, cache=str(tmp_path / "other")))
+        evaluate_run(run, EvalConfig(cache=str(tmp_path / "other")))
     no_ap = tmp_path / "no-ap"
     pretrain(PretrainConfig(cache=cache, out=str(no_ap), steps=1, batch_size=8, workers=1, live=False, plots=False,
                             tasks=("mlm",)))
     with pytest.raises(VlpipeError, match="without alignment prediction"):
-        evaluate_run(EvalConfig(run=str(no_ap), cache=cache))
+        evaluate_run(no_ap, EvalConfig(cache=cache))
 
 
 def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -15,6 +15,7 @@ import click
 
 from vlpipe.cli.options import cli_options
 from vlpipe.eval.evaluate import EvalConfig
+from vlpipe.train.compare import ReportConfig
 from vlpipe.train.config import FinetuneConfig, PretrainConfig
 
 
@@ -86,7 +87,7 @@ def finetune(config_file: str | None, **flags: Any) -> None:
 
 @click.command("eval")
 @click.argument("run", type=click.Path(path_type=str))
-@cli_options(EvalConfig, skip=("run",))
+@cli_options(EvalConfig)
 def evaluate(run: str, config_file: str | None, **flags: Any) -> None:
     """Zero-shot retrieval and a linear probe of a pretraining RUN, written to RUN/eval.json.
 
@@ -106,16 +107,15 @@ def evaluate(run: str, config_file: str | None, **flags: Any) -> None:
     from vlpipe.settings import load_settings
     from vlpipe.train.compare import EVAL_FILE, run_tables
 
-    evaluate_run(load_settings(EvalConfig, config_file, {**flags, "run": run}))
+    evaluate_run(run, load_settings(EvalConfig, config_file, flags))
     _print_tables(run_tables([run])[1])
     click.echo(f"wrote {Path(run) / EVAL_FILE}")
 
 
 @click.command("report")
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=str))
-@click.option("--out", type=click.Path(path_type=str), default=None,
-              help="Folder for report.md and report.png. [default: the first run's parent folder]")
-def report(runs: tuple[str, ...], out: str | None) -> None:
+@cli_options(ReportConfig)
+def report(runs: tuple[str, ...], config_file: str | None, **flags: Any) -> None:
     """Compare runs, as Markdown and PNG: fine-tuning runs (each metric as mean ± std over seeds, the
     gap of each initialised run to the run from scratch with the same fusion placement, chance),
     grouped early / middle / late fusion; pretraining runs by their `vlpipe eval` results.
@@ -126,9 +126,10 @@ def report(runs: tuple[str, ...], out: str | None) -> None:
       vlpipe report runs/hm-early-* runs/hm-middle-* runs/hm-late-*     # the fusion table
       vlpipe report runs/cc-100k runs/cc-200k                           # after `vlpipe eval` of each
     """
+    from vlpipe.settings import load_settings
     from vlpipe.train.compare import build_report
 
-    result = build_report(list(runs), out)
+    result = build_report(list(runs), load_settings(ReportConfig, config_file, flags).out)
     _print_tables(result.tables)
     click.echo(f"wrote {result.markdown} and {result.png}")
 

@@ -43,10 +43,8 @@ from vlpipe.utils.atomic import write_json_atomic
 
 
 class EvalConfig(Settings):
-    """What `vlpipe eval` evaluates and how."""
+    """What `vlpipe eval RUN` evaluates and how (RUN itself is an argument, not a setting)."""
 
-    run: str = setting(help="A `vlpipe train pretrain` run directory; its latest checkpoint is evaluated.",
-                       min_length=1)
     cache: str | None = setting(None, "Captions cache for zero-shot retrieval (its --split is ranked).",
                                 metavar="DIR")
     split: Literal["train", "val", "test"] = setting("val", "Split of --cache to rank.")
@@ -115,28 +113,29 @@ def check_geometry(model: ViLBERT, manifest: Manifest, flag: str, cache: str) ->
                           "pretraining cache's tokenizer.json, --image-size, --patch-size and --max-len")
 
 
-def evaluate_run(config: EvalConfig) -> dict[str, Any]:
-    """Run the asked evaluations on `config.run`'s latest checkpoint; returns what RUN/eval.json holds."""
-    model, checkpoint = load_run_model(config.run)
+def evaluate_run(run: str | Path, config: EvalConfig) -> dict[str, Any]:
+    """Run the asked evaluations on the latest checkpoint of pretraining run `run`; returns what
+    RUN/eval.json holds."""
+    model, checkpoint = load_run_model(run)
     device = torch.device("cuda" if config.device == "auto" and torch.cuda.is_available() else
                           "cpu" if config.device == "auto" else config.device)
     autocast, precision = precision_context(config.precision, device)
     model.to(device)
-    result: dict[str, Any] = {"run": str(Path(config.run).resolve()), "checkpoint": checkpoint.name,
+    result: dict[str, Any] = {"run": str(Path(run).resolve()), "checkpoint": checkpoint.name,
                               "device": str(device), "precision": precision, "settings": config.to_dict()}
     if config.cache is not None:
-        result["retrieval"] = _retrieval(model, checkpoint, config.cache, config, device, autocast)
+        result["retrieval"] = _retrieval(model, run, checkpoint, config.cache, config, device, autocast)
     if config.probe_cache is not None:
         result["probe"] = _probe(model, config.probe_cache, config, device, autocast)
-    write_json_atomic(Path(config.run) / EVAL_FILE, result)
+    write_json_atomic(Path(run) / EVAL_FILE, result)
     return result
 
 
-def _retrieval(model: ViLBERT, checkpoint: Path, cache: str, config: EvalConfig, device: torch.device,
-               autocast: Any) -> dict[str, Any]:
+def _retrieval(model: ViLBERT, run: str | Path, checkpoint: Path, cache: str, config: EvalConfig,
+               device: torch.device, autocast: Any) -> dict[str, Any]:
     tasks = _trained_tasks(checkpoint)
     if tasks is not None and "ap" not in tasks:
-        raise VlpipeError(f"{config.run} was trained without alignment prediction (tasks {','.join(tasks)}), so its "
+        raise VlpipeError(f"{run} was trained without alignment prediction (tasks {','.join(tasks)}), so its "
                           "alignment head ranks at random; evaluate it with --probe-cache only")
     manifest = load_manifest(cache)
     check_geometry(model, manifest, "--cache", cache)

@@ -24,6 +24,7 @@ import numpy as np
 
 from vlpipe.cache.format import SPLITS
 from vlpipe.errors import VlpipeError, shown
+from vlpipe.settings import Settings, setting
 from vlpipe.train.metrics_log import json_number
 from vlpipe.utils.atomic import atomic_open
 
@@ -34,6 +35,13 @@ FUSION_NAMES = ("early", "middle", "late")
 REPORTED_SPLITS = tuple(s for s in reversed(SPLITS) if s != "train")
 # Metrics in the order a reader looks for them; `n`, `loss` and `threshold` are not comparisons.
 METRIC_ORDER = ("accuracy", "auroc", "top1", "top5", "macro_f1_tuned", "micro_f1_tuned", "macro_f1", "micro_f1")
+
+
+class ReportConfig(Settings):
+    """The settings of `vlpipe report` (the runs themselves are its arguments)."""
+
+    out: str | None = setting(None, "Folder for report.md and report.png.", shown_default="the first run's parent "
+                              "folder", metavar="DIR")
 
 
 def summarize(results: dict[int, dict[str, Any]], **settings: Any) -> dict[str, Any]:
