@@ -51,7 +51,7 @@ DEMO_MODE = "threads"  # CacheLoader's default mode, as the trainer runs it
 class DemoConfig(Settings):
     """The demo's settings. The defaults are the CI gate (tests/test_demo.py): validation AP accuracy
     >= 0.85, and the pretrained init beating scratch on the downstream task by more than the seed
-    spread, in about 6 minutes on 2 cores.
+    spread, within 6 minutes on 2 idle cores (about 4.5).
 
     Pretraining defaults come from a sweep on 2 pinned CPU cores (3000 samples, tiny preset, fixed
     steps): 64 px with 16 px patches learned alignment faster per second than 8 px patches or 48 px
@@ -83,8 +83,8 @@ class DemoConfig(Settings):
     downstream_sizes: tuple[int, int, int] = setting(
         (400, 200, 1000), "Train, val and test samples of the downstream task (even numbers: half of each is true). "
         "A small train split is the regime where pretraining matters.", metavar="TRAIN,VAL,TEST")
-    finetune_epochs: int = setting(10, "Fine-tuning epochs per seed (the best on val AUROC is kept; 3 epochs "
-                                   "without a better one stop the seed).", ge=1)
+    finetune_epochs: int = setting(10, "Fine-tuning epochs per seed at most (the epoch best on val AUROC is kept; "
+                                   "early stopping as in `vlpipe train finetune`).", ge=1)
     finetune_lr: float = setting(3e-4, "Peak fine-tuning learning rate (the same for both inits).", gt=0,
                                  allow_inf_nan=False)
     finetune_seeds: tuple[int, ...] = setting((0, 1, 2), "Fine-tuning seeds per init; the verdict compares the "

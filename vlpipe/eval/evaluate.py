@@ -50,8 +50,8 @@ class EvalConfig(Settings):
     split: Literal["train", "val", "test"] = setting("val", "Split of --cache to rank.")
     max_samples: int = setting(
         1000, "Retrieval ranks N x N pairs, each a forward pass of the whole model: N = min(this, the split's "
-        "size), spread evenly over the split. Cost grows as N^2: 1000 -> 1M pair forwards (the tiny model: "
-        "minutes on 2 CPU cores; base: minutes on a GPU).", ge=2)
+        "size), spread evenly over the split. Cost grows as N^2: 1000 -> 1M pair forwards; the tiny demo model "
+        "ranked ~500 pairs/s on one CPU core (1000: about half an hour; 300: 3 min); use a GPU for more.", ge=2)
     ks: tuple[int, ...] = setting((1, 5, 10), "The K of R@K.", flag="--k", metavar="K[,K...]", min_length=1)
     probe_cache: str | None = setting(None, "Labelled cache for the linear probe (train split -> val split).",
                                       metavar="DIR")
