@@ -140,7 +140,7 @@ def _placement_order(label: str) -> int:
 def chance_levels(task: str, counts: list[int]) -> dict[str, float]:
     """What a model that ignores its input scores on a split with these label counts (samples per
     class): the majority class's share for accuracy and top-1, the 5 largest shares for top-5, 0.5
-    for AUROC. None for multi-label F1, which for a constant guess depends on the threshold."""
+    for AUROC. Nothing for multi-label F1, which for a constant guess depends on the threshold."""
     total = sum(counts)
     if task == "multilabel" or not total:
         return {}
@@ -192,7 +192,8 @@ def _finetune_chance(config: dict[str, Any], task: Any) -> dict[str, dict[str, f
     """Chance levels per split from the label counts of the cache the run was fine-tuned on, if it is still there."""
     from vlpipe.cache.format import load_manifest
 
-    cache = (config.get("finetune") or {}).get("cache")
+    settings = config.get("finetune")
+    cache = settings.get("cache") if isinstance(settings, dict) else None
     try:
         labels = load_manifest(cache).labels if isinstance(cache, str) else None
     except VlpipeError:
