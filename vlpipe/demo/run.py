@@ -136,8 +136,7 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, An
         tsv = out / "cc.tsv"
         rows = write_cc_tsv(captions, server.base_url, tsv, extra_rows=server.broken_rows())
         console.print(f"serving {rows:,} rows ({len(BROKEN)} deliberately broken) at {server.base_url}")
-        console.print(f"img2dataset's own output: {out / 'fetch.log'}" + ("" if config.verbose else
-                                                                          " (--verbose shows it here)"))
+        console.print(f"img2dataset's output: {out / 'fetch.log'}" + ("" if config.verbose else " (--verbose)"))
         summary["fetch"] = _fetch(config, tsv, out / "raw", out / "fetch.log")
 
     with _stage(console, summary, "cache", "building the cache"):
@@ -147,8 +146,7 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> dict[str, An
     if config.downstream:
         from vlpipe.demo.downstream import run_downstream
 
-        title = (f"is this statement true of the image? fine-tuning from scratch and from the pretraining run, "
-                 f"{len(config.finetune_seeds)} seeds each")
+        title = f"true/false statements, from scratch and pretrained, {len(config.finetune_seeds)} seeds each"
         with _stage(console, summary, "downstream", title):
             summary["downstream"] = run_downstream(config, out / "cache", out / "run", out / "downstream", console)
     with _stage(console, summary, "bench", "benchmarking the loaders"):
