@@ -129,7 +129,7 @@ def test_contact_sheet_refuses_a_shard_path_outside_the_cache(built, tmp_path):
 def test_info_with_bad_n_prints_only_the_error(built, tmp_path, capsys):
     _, out = built
     code, stdout, err = run_cli(["cache", "info", str(out), "--grid", str(tmp_path / "g.png"), "--n", "0"], capsys)
-    assert code == 1 and stdout == "" and err == "error: --n 0 must be at least 1\n"
+    assert code == 1 and stdout == "" and err == "error: --n 0: must be >= 1\n"
 
 
 def test_jpeg_cache_info_contact_sheet_and_cli(built, tmp_path, capsys):

@@ -123,3 +123,18 @@ def parse_part(text: str) -> tuple[int, int]:
     if count < 1 or index >= count:
         raise ValueError("needs N >= 1 and 0 <= I < N (parts are counted from 0)")
     return index, count
+
+
+class VerifySettings(Settings):
+    """`vlpipe cache verify`: how thorough the re-check is."""
+
+    checksums: bool = setting(True, "Recompute every file's sha256 (off: sizes, shapes and tokens are still checked).")
+    decode: bool = setting(True, "JPEG caches: decode every image (off: the offsets are still checked).")
+
+
+class InfoSettings(Settings):
+    """`vlpipe cache info`: the summary and, with --grid, a contact sheet."""
+
+    grid: str | None = setting(None, "Also write a contact sheet PNG of random samples with their captions here.")
+    n: int = setting(16, "Samples on the contact sheet.", ge=1)
+    seed: int = setting(0, "Which random samples the contact sheet shows.")

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from vlpipe.cache.config import BuildSettings
+from vlpipe.cache.config import BuildSettings, InfoSettings, VerifySettings
 from vlpipe.cli.options import cli_options
 from vlpipe.settings import load_settings
 
@@ -43,9 +43,8 @@ def cache() -> None:
 
 @cache.command(short_help="Re-check sizes, sha256, shapes, dtypes and token ids of a cache.")
 @click.argument("cache_dir", metavar="DIR", type=click.Path(path_type=str))
-@click.option("--no-checksums", is_flag=True, help="Skip the sha256 pass (sizes, shapes and tokens are still checked).")
-@click.option("--no-decode", is_flag=True, help="JPEG caches: skip decoding every image (offsets are still checked).")
-def verify(cache_dir: str, no_checksums: bool, no_decode: bool) -> None:
+@cli_options(VerifySettings)
+def verify(cache_dir: str, config_file: str | None, **flags: Any) -> None:
     """Re-check sizes, sha256, shapes, dtypes, token ids and counts against the manifest; decode
     every image of a JPEG cache.
 
@@ -53,34 +52,31 @@ def verify(cache_dir: str, no_checksums: bool, no_decode: bool) -> None:
     """
     from vlpipe.cache.verify import check_cache
 
-    manifest = check_cache(cache_dir, checksums=not no_checksums, decode=not no_decode)
+    settings = load_settings(VerifySettings, config_file, flags)
+    manifest = check_cache(cache_dir, checksums=settings.checksums, decode=settings.decode)
     click.echo(f"{cache_dir}: ok ({manifest.num_samples} samples in {len(manifest.shards)} shards)")
 
 
 @cache.command(short_help="Summary table of a cache; --grid draws a contact sheet.")
 @click.argument("cache_dir", metavar="DIR", type=click.Path(path_type=str))
-@click.option("--grid", type=click.Path(dir_okay=False, path_type=str), default=None,
-              help="Also write a contact sheet PNG of random samples with their captions here.")
-@click.option("--n", default=16, show_default=True, help="Samples on the contact sheet.")
-@click.option("--seed", default=0, show_default=True, help="Which random samples the contact sheet shows.")
-def info(cache_dir: str, grid: str | None, n: int, seed: int) -> None:
+@cli_options(InfoSettings)
+def info(cache_dir: str, config_file: str | None, **flags: Any) -> None:
     """Summary table of a cache; with --grid, a contact sheet to eyeball images against captions."""
     from rich.console import Console
     from rich.table import Table
 
     from vlpipe.cache.info import cache_info, contact_sheet
-    from vlpipe.errors import VlpipeError
 
-    if grid is not None and n < 1:  # before the table, so a bad option prints only its error
-        raise VlpipeError(f"--n {n} must be at least 1")
+    settings = load_settings(InfoSettings, config_file, flags)  # before the table: a bad option prints only its error
     table = Table(title=str(cache_dir), show_header=False)
     table.add_column(style="bold")
     table.add_column()
     for field, value in cache_info(cache_dir):
         table.add_row(field, value)
     Console().print(table)
-    if grid is not None:
-        click.echo(f"contact sheet written to {contact_sheet(cache_dir, grid, n=n, seed=seed)}")
+    if settings.grid is not None:
+        sheet = contact_sheet(cache_dir, settings.grid, n=settings.n, seed=settings.seed)
+        click.echo(f"contact sheet written to {sheet}")
 
 
 @cache.command(short_help="Write the manifest of a cache built in parts (build-cache --part I/N).")
