@@ -82,23 +82,49 @@ def make_shards(out: Path, samples: int, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     photos = _photos()
     for shard in range(-(-samples // SAMPLES_PER_SHARD)):
-        path = out / f"{shard:05d}.tar"
-        tmp = path.with_name(f".tmp-{path.name}")
-        with tarfile.open(tmp, "w") as tar:
-            for i in range(shard * SAMPLES_PER_SHARD, min(samples, (shard + 1) * SAMPLES_PER_SHARD)):
-                buf = io.BytesIO()
-                img = _synthetic_image(rng, photos, i)
-                img.save(buf, "JPEG", quality=95)
-                key = f"{shard:05d}{i % SAMPLES_PER_SHARD:04d}"
-                caption = " ".join(rng.choice(WORDS, int(rng.integers(8, 21))))
-                meta = {"key": key, "caption": caption, "status": "success", "width": img.width,
-                        "height": img.height, "url": f"http://example.invalid/{key}.jpg"}
-                for ext, data in (("jpg", buf.getvalue()), ("txt", caption.encode()),
-                                  ("json", json.dumps(meta).encode())):
-                    info = tarfile.TarInfo(f"{key}.{ext}")
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
-        tmp.replace(path)  # a half-written shard never looks complete on a rerun
+        first = shard * SAMPLES_PER_SHARD
+        write_shard(out, shard, range(first, min(samples, first + SAMPLES_PER_SHARD)), rng, photos)
+
+
+def make_shards_parallel(out: Path, samples: int, per_shard: int, processes: int, seed: int = 0) -> None:
+    """The same recipe as `make_shards`, one shard per process at a time, each shard with its own
+    generator (so other draws than `make_shards`): seconds instead of a minute on a many-core machine."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    if not 0 < per_shard <= 10_000:  # a key holds the position in its shard in 4 digits
+        raise ValueError(f"per_shard must be 1..10000, got {per_shard}")
+    out.mkdir(parents=True, exist_ok=True)
+    shards = -(-samples // per_shard)
+    with ProcessPoolExecutor(max(1, min(processes, shards))) as pool:
+        jobs = [pool.submit(_write_seeded_shard, out, shard, range(shard * per_shard, min(samples, (shard + 1) * per_shard)),
+                            seed) for shard in range(shards)]
+        for job in jobs:
+            job.result()
+
+
+def _write_seeded_shard(out: Path, shard: int, indices: range, seed: int) -> None:
+    write_shard(out, shard, indices, np.random.default_rng([seed, shard]), _photos())
+
+
+def write_shard(out: Path, shard: int, indices: range, rng: np.random.Generator, photos: list[np.ndarray]) -> None:
+    """Shard `shard` of samples `indices`: KEY = 5-digit shard + 4-digit position in the shard."""
+    path = out / f"{shard:05d}.tar"
+    tmp = path.with_name(f".tmp-{path.name}")
+    with tarfile.open(tmp, "w") as tar:
+        for position, i in enumerate(indices):
+            buf = io.BytesIO()
+            img = _synthetic_image(rng, photos, i)
+            img.save(buf, "JPEG", quality=95)
+            key = f"{shard:05d}{position:04d}"
+            caption = " ".join(rng.choice(WORDS, int(rng.integers(8, 21))))
+            meta = {"key": key, "caption": caption, "status": "success", "width": img.width,
+                    "height": img.height, "url": f"http://example.invalid/{key}.jpg"}
+            for ext, data in (("jpg", buf.getvalue()), ("txt", caption.encode()),
+                              ("json", json.dumps(meta).encode())):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    tmp.replace(path)  # a half-written shard never looks complete on a rerun
 
 
 def _markdown(report: dict, command: str, started: str, finished: str) -> str:

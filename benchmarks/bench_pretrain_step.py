@@ -10,7 +10,8 @@
 It runs the real training loop (`vlpipe.train.pretrain`): the cache loader, on-device task
 construction, the EMA teacher, one student forward/backward, AdamW. The first window (compilation,
 allocator warm-up) is excluded; the numbers are the mean of the later logging windows. Prints one
-JSON object; paste it into benchmarks/RESULTS.md together with the card.
+JSON object; paste it into benchmarks/RESULTS.md together with the card. `measure_pretrain` is the
+measurement itself, also run by benchmarks/gpu_check.py.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from pathlib import Path
 
 import torch
 
+from vlpipe.cache.format import load_manifest
 from vlpipe.train.config import PretrainConfig
+from vlpipe.train.masking import TASKS
 from vlpipe.train.metrics_log import read_metrics
 from vlpipe.train.pretrain import pretrain
 
@@ -43,6 +46,41 @@ def synthetic_cache(cache: Path, n: int, image_size: int, patch_size: int, proce
     return cache
 
 
+def measure_pretrain(cache: Path, out: Path, *, preset: str, batch_size: int, window: int, windows: int,
+                     precision: str = "auto", compile: bool = True, workers: int = 4, loader_mode: str = "threads",
+                     tasks: tuple[str, ...] = TASKS, jpeg_decode: str = "auto") -> dict:
+    """Train `window * (1 + windows)` optimizer steps on `cache` into the run directory `out`.
+
+    samples/s and the data-wait share are the means over the logging windows after the first (which
+    holds compilation and the allocator's warm-up); peak GPU memory covers the whole run.
+    """
+    config = PretrainConfig(
+        cache=str(cache), out=str(out), preset=preset, steps=window * (1 + windows), batch_size=batch_size,
+        log_every=window, precision=precision, compile=compile, workers=workers, loader_mode=loader_mode,
+        tasks=tasks, jpeg_decode=jpeg_decode, eval_max_batches=2, eval_batch_size=batch_size, live=False,
+        plots=False, lr=1e-4,
+    )
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    result = pretrain(config)
+    run_config = json.loads((out / "config.json").read_text())
+    measured = [r for r in read_metrics(out / "metrics.jsonl") if r["split"] == "train"][1:]
+    return {
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
+        "preset": preset, "batch_size": batch_size, "precision": run_config["precision"],
+        "compile": compile, "tasks": list(tasks), "loader": f"{loader_mode}x{workers}",
+        "cache_codec": load_manifest(cache).image.codec, "jpeg_decode": jpeg_decode,
+        "samples_per_s": sum(w["samples_per_s"] for w in measured) / len(measured),
+        "data_wait_share": sum(w["data_wait"] for w in measured) / len(measured),
+        "windows_samples_per_s": [w["samples_per_s"] for w in measured],
+        "windows_data_wait": [w["data_wait"] for w in measured],
+        "measured_steps": window * len(measured),
+        "final_train_loss": result.train.get("loss"),
+        "peak_gpu_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache", help="a cache directory (with --synthetic: where to build it, reused if there)")
@@ -54,6 +92,7 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=3, help="measured windows after the warm-up window")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated, e.g. mlm,ap")
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--loader-mode", default="threads")
     parser.add_argument("--out", help="run directory (default: a temporary one)")
@@ -76,31 +115,11 @@ def main() -> None:
         else:
             parser.error("give --cache DIR, --synthetic N or --smoke")
         cache_seconds = time.perf_counter() - began
-        out = Path(args.out) if args.out else tmp_root / "run"
-        steps = args.window * (1 + args.windows)
-        config = PretrainConfig(
-            cache=str(cache), out=str(out), preset=args.preset, steps=steps, batch_size=args.batch_size,
-            log_every=args.window, precision=args.precision, compile=not args.no_compile, workers=args.workers,
-            loader_mode=args.loader_mode, eval_max_batches=2, eval_batch_size=args.batch_size, live=False,
-            plots=False, lr=1e-4,
-        )
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        result = pretrain(config)
-        run_config = json.loads((out / "config.json").read_text())
-        windows = [r for r in read_metrics(out / "metrics.jsonl") if r["split"] == "train"][1:]
-        report = {
-            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
-            "preset": args.preset, "batch_size": args.batch_size, "precision": run_config["precision"],
-            "compile": config.compile, "tasks": list(config.tasks), "loader": f"{args.loader_mode}x{args.workers}",
-            "samples_per_s": sum(w["samples_per_s"] for w in windows) / len(windows),
-            "data_wait_share": sum(w["data_wait"] for w in windows) / len(windows),
-            "measured_steps": args.window * len(windows),
-            "final_train_loss": result.train.get("loss"),
-            "peak_gpu_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
-            "cache_build_s": cache_seconds, "torch": torch.__version__,
-        }
-        print(json.dumps(report, indent=2))
+        report = measure_pretrain(
+            cache, Path(args.out) if args.out else tmp_root / "run", preset=args.preset, batch_size=args.batch_size,
+            window=args.window, windows=args.windows, precision=args.precision, compile=not args.no_compile,
+            workers=args.workers, loader_mode=args.loader_mode, tasks=tuple(args.tasks.split(",")))
+        print(json.dumps({**report, "cache_build_s": cache_seconds}, indent=2))
 
 
 if __name__ == "__main__":

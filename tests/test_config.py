@@ -119,6 +119,7 @@ def test_out_of_range_settings_are_refused(tmp_path, values, message):
         _load_with(tmp_path, values)
 
 
+@pytest.mark.cuda
 def test_cuda_device_needs_cuda():
     import torch
 

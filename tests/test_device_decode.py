@@ -62,6 +62,7 @@ def test_a_row_torchvision_refuses_is_named_by_shard_and_row(jpeg, tmp_path):
         decode_batch(ds, batch, "cpu")
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="nvJPEG decode needs a CUDA GPU")
 def test_nvjpeg_decode_matches_the_cpu_path(jpeg):
     root, _, _ = jpeg

@@ -221,6 +221,7 @@ def test_bad_arguments_are_refused(cache):
         CacheLoader(ds, batch_size=0, mode="inline", workers=0)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA for page-locked memory")
 @pytest.mark.parametrize("mode", MODES)
 def test_pin_memory_batches_are_pinned_and_reach_the_gpu(cache, mode):
