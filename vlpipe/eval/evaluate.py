@@ -35,7 +35,7 @@ from vlpipe.model.vilbert import ViLBERT
 from vlpipe.settings import Settings, setting
 from vlpipe.train.classifier import pretrain_checkpoint
 from vlpipe.train.compare import EVAL_FILE, chance_levels
-from vlpipe.train.config import check_device
+from vlpipe.train.config import Device
 from vlpipe.train.loop import precision_context
 from vlpipe.train.metrics_log import json_number
 from vlpipe.train.model_setup import GEOMETRY_KEYS, cache_geometry
@@ -59,7 +59,7 @@ class EvalConfig(Settings):
                              allow_inf_nan=False)
     seed: int = setting(0, "Seeds the randomly initialised model the probe is compared with.")
     batch_size: int = setting(256, "Pairs (retrieval) or samples (probe features) per forward pass.", ge=1)
-    device: str = setting("auto", "auto (a GPU when there is one) | cpu | cuda | cuda:N.")
+    device: Device = setting("auto", "auto (a GPU when there is one) | cpu | cuda | cuda:N.")
     precision: Literal["auto", "bf16", "fp32"] = setting("auto", "auto: bf16 autocast on GPU, fp32 on CPU.")
 
     @field_validator("ks")
@@ -68,12 +68,6 @@ class EvalConfig(Settings):
         if any(k < 1 for k in ks):
             raise ValueError(f"must be >= 1, got {list(ks)}")
         return ks
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, spec: str) -> str:
-        check_device(spec)
-        return spec
 
     @model_validator(mode="after")
     def _something(self) -> EvalConfig:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import field_validator, model_validator
+from pydantic import AfterValidator, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
 from vlpipe.cache.format import LABEL_TASKS
@@ -28,6 +28,25 @@ SCRATCH_TINY_LR = 2e-3
 PRETRAINED_LR = 1e-4
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 PRESET_NAMES = Literal["tiny", "base", "vilbert"]
+
+
+def check_device(spec: str) -> str:
+    """A device spec torch will accept and this machine has, checked before any model is built."""
+    if not DEVICE_PATTERN.fullmatch(spec):
+        raise ValueError("expected auto, cpu, cuda or cuda:N")
+    if spec.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("CUDA is not available on this machine; use cpu or auto")
+        index = int(spec.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return spec
+
+
+# A device setting (`--device`): checked like this wherever it is declared.
+Device = Annotated[str, AfterValidator(check_device)]
 
 
 class RunSettings(Settings):
@@ -56,7 +75,7 @@ class RunSettings(Settings):
     precision: Literal["auto", "bf16", "fp32"] = setting("auto", "auto: bf16 autocast on GPU, fp32 on CPU.",
                                                          fixed=True)
     compile: bool = setting(False, "torch.compile the training step.")
-    device: str = setting("auto", "auto | cpu | cuda | cuda:N (under torchrun: auto picks this process's GPU).")
+    device: Device = setting("auto", "auto | cpu | cuda | cuda:N (under torchrun: auto picks this process's GPU).")
     eval_batch_size: int = setting(64, "Validation batch size.", ge=1)
     log_every: int = setting(10, "Log training metrics every N optimizer steps.", ge=1)
     ckpt_minutes: float = setting(10.0, "Also checkpoint when this many minutes have passed since the last "
@@ -84,12 +103,6 @@ class RunSettings(Settings):
         if not all(0 <= b < 1 for b in betas):
             raise ValueError(f"must be two numbers in [0, 1), got {list(betas)}")
         return betas
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, spec: str) -> str:
-        check_device(spec)
-        return spec
 
     @field_validator("model_overrides")
     @classmethod
@@ -216,19 +229,6 @@ class FinetuneConfig(RunSettings):
                       else PRETRAINED_LR}
         return values
 
-
-def check_device(spec: str) -> None:
-    """A device spec torch will accept and this machine has, checked before any model is built."""
-    if not DEVICE_PATTERN.fullmatch(spec):
-        raise ValueError("expected auto, cpu, cuda or cuda:N")
-    if spec.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ValueError("CUDA is not available on this machine; use cpu or auto")
-        index = int(spec.partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
-            raise ValueError(f"this machine has {torch.cuda.device_count()} CUDA device(s)")
 
 
 def load_config(file: str | None = None, **flags: Any) -> PretrainConfig:
