@@ -61,8 +61,13 @@ class RunSettings(Settings):
     keep_checkpoints: int = setting(2, "Checkpoints kept on disk (the newest); 0 = all.", ge=0)
     resume: bool = setting(False, "Continue the run in --out from its latest checkpoint (same settings), exactly.",
                            negatable=False)
-    workers: int = setting(2, "Loader threads.", ge=0)
-    loader_mode: Literal[MODES] = setting("threads", "How the loader gathers batches.")  # type: ignore[valid-type]
+    workers: int = setting(2, "Loader threads (threads mode).", ge=0)
+    loader_mode: Literal[("auto", *MODES)] = setting(  # type: ignore[valid-type]
+        "auto", "How the loader gathers batches. auto: inline on the CPU (the model step needs every core), "
+        "threads on a GPU.")
+    cpu_threads: int = setting(0, "torch threads when training on the CPU; 0 = this process's share of the cores it "
+                               "may use (affinity, cgroup quota) less one core or the loader's threads, never more "
+                               "than torch's own setting (OMP_NUM_THREADS).", ge=0)
     live: bool = setting(True, "Rich live view on a terminal.")
     tensorboard: bool = setting(False, "Also log to RUN_DIR/tensorboard (if the package is installed).")
     plots: bool = setting(True, "Draw loss and accuracy plots into RUN_DIR/plots/ at the end.")
