@@ -1,6 +1,6 @@
 """The one training loop, for pretraining and fine-tuning alike: `Loop(settings, task, ...).run()`.
 
-The loop owns everything that is not the task: device and DDP, precision and compile, AdamW and
+The loop owns everything that is not the task: device, CPU threads and DDP, precision and compile, AdamW and
 the warmup-cosine schedule, exact resume from safetensors checkpoints, the NaN policy, the
 evaluation and checkpoint cadence, and logging (metrics.jsonl, the live view, plots). A `Task`
 says what is trained and how: the model, the objective whose forward returns the loss, the inputs

@@ -2,19 +2,19 @@
 
 `os.cpu_count()` counts the machine's cores, not the ones this process may run on: under `taskset`,
 a SLURM allocation or a container's CPU quota, a thread per machine core oversubscribes the few
-cores the process has. So the count comes from joblib (a scikit-learn dependency), which takes the
+cores the process has. So the count comes from joblib (which scikit-learn uses too), which takes the
 smallest of the affinity mask, the cgroup CPU quota (v1 and v2) and `LOKY_MAX_CPU_COUNT`, and is
 shared among the training processes of one machine (torchrun's `LOCAL_WORLD_SIZE`).
 
 torch's threads wait for each other at the end of every operator, spinning; when one of them has
 to share its core with anything else (the loader, another job), every operator waits for it. On 2
-cores with other work running, 2 torch threads trained several times slower than 1
-(benchmarks/RESULTS.md, "Training on a busy CPU"). So one core, or as many as the loader has
-gather threads, is left out of torch's threads: on an idle machine that costs at most one core's
-share of the speed, on a busy one it avoids the collapse. The loader default on the CPU is
-`inline` (gathering in the training thread between steps): there the model step, not the loader,
-is the bottleneck, and a gather thread beside torch measured slower. `threads` stays the default
-on a GPU.
+cores beside one busy process, 2 torch threads trained about 10-25x slower than 1; on the quietest
+measurement 1 thread cost 25% (benchmarks/RESULTS.md, "Training on a busy CPU"). So one core, or
+as many as the loader has gather threads, is left out of torch's threads: at most one core's share
+of the speed on an idle machine against the collapse on a busy one. The loader default on the CPU
+is `inline` (gathering in the training thread between steps): there the model step, not the
+loader, is the bottleneck, and a gather thread beside torch gave no consistent gain. `threads`
+stays the default on a GPU.
 """
 
 from __future__ import annotations
