@@ -111,7 +111,7 @@ def test_int_counts_as_float_and_lists_become_tuples(tmp_path):
     ({"lr": float("inf")}, "bad.json: lr must be a finite number, got inf"),
     ({"mim_tau": 0}, "bad.json: mim_tau must be > 0, got 0"),
     ({"betas": [0.9, 1.5]}, r"betas: must be two numbers in \[0, 1\)"),
-    ({"loader_mode": "fork"}, "loader_mode must be one of threads"),
+    ({"loader_mode": "fork"}, "loader_mode must be one of auto, threads or inline"),
     ({"workers": -1}, "workers must be >= 0"),
 ])
 def test_out_of_range_settings_are_refused(tmp_path, values, message):

@@ -149,3 +149,25 @@ def test_resume_from_a_state_missing_trainer_fields_is_a_clear_error(small_cache
     state_file.write_text(json.dumps(state))
     with pytest.raises(VlpipeError, match=r"step_00000002/state.json: not a valid checkpoint \(missing or bad 'sampler'\)"):
         pretrain(_config(small_cache, tmp_path, steps=2, ckpt_every=1, resume=True))
+
+
+def test_a_cache_without_validation_samples_trains_with_one_warning_naming_it(tmp_path, capsys):
+    cache = cachegen.captioned_cache(tmp_path / "noval", n=24, seed=1, val_fraction=0.0)
+    result = pretrain(_config(cache, tmp_path / "run", steps=2))
+    assert result.steps == 2 and result.val == {}
+    lines = capsys.readouterr().err.splitlines()
+    warnings = [line for line in lines if line.startswith("warning:")]
+    assert len(warnings) == 1 and str(cache) in warnings[0] and "--val-fraction" in warnings[0]
+
+
+def test_cpu_threads_are_set_for_the_run_recorded_and_given_back(small_cache, tmp_path):
+    """The process-wide torch thread count is the run's while it trains and the caller's again after."""
+    seen = []
+    torch.set_num_threads(2)  # the fixture's 1 comes back after the test
+    pretrain(_config(small_cache, tmp_path / "one", steps=2, cpu_threads=1),
+             on_step=lambda info: seen.append(torch.get_num_threads()))
+    assert seen == [1, 1] and torch.get_num_threads() == 2
+    record = json.loads((tmp_path / "one" / "config.json").read_text())
+    # auto on the CPU: the inline loader, no gather threads beside torch's
+    assert record["threads"] == {"torch_threads": 1, "loader_mode": "inline", "loader_threads": 0}
+    assert record["pretrain"]["loader_mode"] == "auto"

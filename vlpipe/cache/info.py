@@ -158,6 +158,8 @@ def contact_sheet(cache_dir: str | os.PathLike[str], out_png: str | os.PathLike[
     for ax, index, (image, caption) in zip(axes.flat, indices, rows, strict=False):
         ax.imshow(image, interpolation="nearest")
         ax.set_title("\n".join(textwrap.wrap(f"#{index}: {caption}", 32)[:3]), fontsize=7)
+    fig.suptitle(f"What the model sees: the cached pixels ({m.image.image_size} px) and captions of "
+                 f"{len(rows)} samples from {root.name}/", fontsize=10)
     fig.tight_layout()
     out = Path(out_png)
     with atomic_path(out) as tmp:

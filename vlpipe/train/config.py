@@ -87,8 +87,13 @@ class RunSettings(Settings):
     verify_cache: Literal["auto", "always", "never"] = setting(
         "auto", "Check the cache's files against the sha256 sums of its manifest before training: auto = the "
         "files changed since they last matched (remembered in ~/.cache/vlpipe/verified), always, or never.")
-    workers: int = setting(2, "Loader threads.", ge=0)
-    loader_mode: Literal[MODES] = setting("threads", "How the loader gathers batches.")  # type: ignore[valid-type]
+    workers: int = setting(2, "Loader threads (threads mode).", ge=0)
+    loader_mode: Literal[("auto", *MODES)] = setting(  # type: ignore[valid-type]
+        "auto", "How the loader gathers batches. auto: inline on the CPU (the model step needs every core), "
+        "threads on a GPU.")
+    cpu_threads: int = setting(0, "torch threads when training on the CPU; 0 = this process's share of the cores it "
+                               "may use (affinity, cgroup quota) less one core or the loader's threads, never more "
+                               "than torch's own setting (OMP_NUM_THREADS).", ge=0)
     jpeg_decode: Literal[("auto", *DECODE)] = setting(  # type: ignore[valid-type]
         "auto", "Where the images of a JPEG cache (build-cache --codec jpeg) are decoded. cpu: by the loader's "
         "threads; device: one batched torchvision decode on the training device (nvJPEG on CUDA); auto: device "

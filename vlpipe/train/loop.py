@@ -1,6 +1,6 @@
 """The one training loop, for pretraining and fine-tuning alike: `Loop(settings, task, ...).run()`.
 
-The loop owns everything that is not the task: device and DDP, precision and compile, AdamW and
+The loop owns everything that is not the task: device, CPU threads and DDP, precision and compile, AdamW and
 the warmup-cosine schedule, exact resume from safetensors checkpoints, the NaN policy, the
 evaluation and checkpoint cadence, and logging (metrics.jsonl, the live view, plots). A `Task`
 says what is trained and how: the model, the objective whose forward returns the loss, the inputs
@@ -39,6 +39,7 @@ from vlpipe.train.metrics_log import Accumulator, MetricsWriter, json_number
 from vlpipe.train.schedule import WarmupCosine, warmup_steps_for
 from vlpipe.train.signals import Interrupted, signals_caught
 from vlpipe.utils.atomic import write_json_atomic
+from vlpipe.utils.cpus import threads_for, torch_threads
 
 
 class Cadence(NamedTuple):
@@ -161,10 +162,12 @@ class Loop:
         total = self.cadence.total_steps
         self.schedule = WarmupCosine(settings.lr, total, warmup_steps_for(total, settings.warmup),
                                      settings.min_lr_ratio)
+        # On the CPU torch's threads and the loader's share the usable cores (vlpipe/utils/cpus.py).
+        self.threads = threads_for(device.type, settings.loader_mode, settings.workers, settings.cpu_threads)
         # Pinned buffers on GPU, so host-to-device copies overlap compute. A JPEG cache's images are
         # decoded where --jpeg-decode says (auto: on the GPU when training on CUDA).
         self.loader = CacheLoader(task.train_set, batch_size=settings.batch_size, sampler=self.sampler,
-                                  mode=settings.loader_mode, workers=settings.workers,
+                                  mode=self.threads.loader_mode, workers=settings.workers,
                                   pin_memory=device.type == "cuda", drop_last=True,
                                   decode=decode_where(settings.jpeg_decode, device))
         self.metrics = MetricsWriter(run_dir, settings.tensorboard) if info.is_main else None
@@ -181,7 +184,8 @@ class Loop:
 
     def _full_config(self) -> dict[str, Any]:
         return {**self.task.config_record(), "world_size": self.info.world_size, "precision": self.precision,
-                "total_steps": self.cadence.total_steps, "steps_per_epoch": self.steps_per_epoch}
+                "total_steps": self.cadence.total_steps, "steps_per_epoch": self.steps_per_epoch,
+                "threads": self.threads._asdict()}
 
     def _start(self) -> None:
         existing = ckpt.start_run_dir(self.run_dir, self.settings.resume, self.info.is_main)
@@ -236,6 +240,10 @@ class Loop:
     # -- the loop ------------------------------------------------------------------------------
 
     def run(self) -> LoopResult:
+        with torch_threads(self.threads.torch_threads):
+            return self._run()
+
+    def _run(self) -> LoopResult:
         began = time.perf_counter()
         self._start()
         start_step = self.step

@@ -10,6 +10,7 @@ student after every optimizer step, and validation with fixed masks and negative
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +37,10 @@ def pretrain(config: PretrainConfig, on_step: Callable[[StepInfo], None] | None 
     info, device = init_distributed(config.device)
     try:
         task = PretrainTask(config, device)
+        if task.val_set is None and info.is_main:  # it would otherwise train blind, silently
+            print(f"warning: {config.cache} has no validation samples ({len(task.train_set)} train), so this run "
+                  "reports no validation metrics; rebuild the cache with a larger --val-fraction (vlpipe "
+                  "build-cache ... --val-fraction 0.1) or from more samples", file=sys.stderr)
         return Loop(config, task, info, device, Path(config.out), config.seed, on_step).run()
     finally:
         shutdown(info)
