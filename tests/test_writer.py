@@ -254,9 +254,20 @@ def test_captions_folder_is_chunked_into_shards(tmp_path):
 def test_nothing_decodable_is_an_error_not_an_empty_cache(tmp_path):
     broken = [cachegen.Item(f"{i:09d}", b"not an image", "jpg", "a caption") for i in range(3)]
     src = cachegen.write_layout(tmp_path / "src", "files", [broken])
-    with pytest.raises(VlpipeError, match=r"no sample could be cached \(3 undecodable\); see .*skipped.parquet"):
+    with pytest.raises(VlpipeError, match=r"no sample could be cached \(3 undecodable\); e.g. 00000/ 000000000: "
+                                          r".*; nothing was written to .*cache$"):
         build_cache(src, tmp_path / "cache", processes=1, **OPTS)
-    assert not (tmp_path / "cache/manifest.json").exists()
+    assert not (tmp_path / "cache").exists()  # no partial folder left for later commands to trip over
+    (tmp_path / "empty").mkdir()  # a folder the user made stays, empty
+    with pytest.raises(VlpipeError, match="no sample could be cached"):
+        build_cache(src, tmp_path / "empty", processes=1, **OPTS)
+    assert list((tmp_path / "empty").iterdir()) == []
+
+
+def test_a_cache_without_validation_samples_is_warned_about(tmp_path, capsys):
+    src = cachegen.write_layout(tmp_path / "src", "files", [cachegen.photo_items(2)])
+    build_cache(src, tmp_path / "cache", processes=1, **{**OPTS, "val_fraction": 0.0, "quiet": False})
+    assert "none of the 2 samples went to the val split" in " ".join(capsys.readouterr().err.split())
 
 
 @pytest.mark.parametrize(("spec", "message"), [

@@ -129,7 +129,15 @@ def build_cache(
                       f"once all {count} parts are built: vlpipe cache merge {out}")
         return None
     records = [done[n] for n in names]
-    manifest = write_manifest(out, options, source, records, text)
+    try:
+        manifest = write_manifest(out, options, source, records, text)
+    except NothingCached as exc:
+        # A build that kept nothing leaves nothing behind: no half cache that later commands must refuse.
+        if created:
+            shutil.rmtree(out)
+        else:
+            _clear(out)
+        raise VlpipeError(f"{exc}; nothing was written to {out}") from None
     (out / BUILD_RECORD).unlink(missing_ok=True)
     _print_summary(console, out, manifest, time.perf_counter() - started)
     return manifest
@@ -256,6 +264,10 @@ def _ensure_tokenizer(out: Path, options: BuildOptions, fresh: TextTokenizer | N
 # ---- finishing -----------------------------------------------------------------------------------
 
 
+class NothingCached(VlpipeError):
+    """Every sample of a build was skipped (undecodable, missing ...): there is no cache to write."""
+
+
 def write_manifest(out: Path, options: BuildOptions, source: Source, records: list[dict[str, Any]],
                     tokenizer: TextTokenizer) -> Manifest:
     """skipped.parquet, then manifest.json (atomically, last): from here on the cache is complete."""
@@ -266,7 +278,8 @@ def write_manifest(out: Path, options: BuildOptions, source: Source, records: li
         pq.write_table(table, tmp)
     if not any(rec["num_samples"] for rec in records):
         reasons = ", ".join(f"{n} {r}" for r, n in sorted(Counter(s["reason"] for s in skips).items())) or "none found"
-        raise VlpipeError(f"{source.root}: no sample could be cached ({reasons}); see {out / SKIPPED_FILE}")
+        example = f"; e.g. {skips[0]['source']} {skips[0]['key']}: {skips[0]['detail']}" if skips else ""
+        raise NothingCached(f"{source.root}: no sample could be cached ({reasons}){example}")
     text_fields = tokenizer.to_manifest()
     text = TextSpec(tokenizer_file=TOKENIZER_FILE, tokenizer_sha256=sha256_file(out / TOKENIZER_FILE),
                     tokenizer_spec=options.tokenizer, vocab_size=text_fields["vocab_size"],
@@ -310,6 +323,10 @@ def _labels_section(source: Source, records: list[dict[str, Any]]) -> dict[str, 
 
 
 def _print_summary(console: Console, out: Path, manifest: Manifest, seconds: float) -> None:
+    if not manifest.splits.get("val"):
+        console.print(f"[yellow]warning: {out}: none of the {manifest.num_samples} samples went to the val split; "
+                      "`vlpipe train pretrain` will report no validation metrics. Raise --val-fraction (e.g. 0.1) "
+                      "or add samples.[/yellow]")
     size = sum(f.bytes for s in manifest.shards for f in s.files.values())
     skipped = ", ".join(f"{n} {reason}" for reason, n in manifest.skipped.items()) or "none"
     splits = ", ".join(f"{n} {name}" for name, n in manifest.splits.items())
