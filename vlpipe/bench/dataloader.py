@@ -139,7 +139,7 @@ def bench_dataloader(
         jpegs = prepare_source(manifest, cache_dir, None if source is None else Path(source), Path(tmp),
                                max_source_samples, manifest.image.image_size if seed_transform else None)
         pipelines: list[Pipeline] = [
-            *(vlpipe_pipeline(d, m, mode, batch_size, workers, cold=c)
+            *(vlpipe_pipeline(d, m, mode, batch_size, workers, cold=c, keep_open=not cold)
               for c in ((False, True) if cold else (False,)) for d, m in caches for mode in modes),
             *baseline_pipelines(names, manifest, cache_dir, jpegs, seed_transform, batch_size, workers),
         ]

@@ -186,8 +186,14 @@ def webdataset_pipeline(source: JpegSource, transform: JpegTransform, batch_size
 
 
 def vlpipe_pipeline(cache_dir: Path, manifest: Manifest, mode: str, batch_size: int, workers: int,
-                    cold: bool = False) -> Pipeline:
-    """The CacheLoader row of one cache (raw or JPEG) and reader mode; `cold`: see the module docstring."""
+                    cold: bool = False, keep_open: bool = True) -> Pipeline:
+    """The CacheLoader row of one cache (raw or JPEG) and reader mode; `cold`: see the module docstring.
+
+    `keep_open`: a warm row opens its dataset once and keeps it over all windows, as training keeps
+    it over its epochs (after the first, nothing faults again). A run with cold rows needs warm rows
+    to let go of their maps after each window instead, because pages a live map holds cannot be
+    evicted; cold rows always do.
+    """
     from vlpipe.cache import CacheDataset, CacheLoader, CacheSampler
 
     image, n = manifest.image, manifest.num_samples
@@ -209,13 +215,14 @@ def vlpipe_pipeline(cache_dir: Path, manifest: Manifest, mode: str, batch_size: 
     # in which a cache is read from disk in training.
     resident_limit = 1 if cold else None
 
+    kept = CacheDataset(cache_dir, split=None) if keep_open and not cold else None
+
     def open_(seed: int) -> Iterator[Batch]:
-        # A dataset per window, released when it closes: pages a live map holds cannot be evicted.
-        dataset = CacheDataset(cache_dir, split=None, resident_limit=resident_limit)
+        dataset = kept if kept is not None else CacheDataset(cache_dir, split=None, resident_limit=resident_limit)
         sampler = CacheSampler(len(dataset), shuffle=True, seed=seed)
         loader = CacheLoader(dataset, batch_size=batch_size, sampler=sampler, mode=mode,
                              workers=mode_workers, pin_memory=False, drop_last=True)
-        return _epochs(loader, sampler)
+        return _epochs(loader, sampler, close_dataset=kept is None)
 
     codec = "" if image.codec == "raw" else "-jpeg"
     what = "uint8 patches + token ids" if image.codec == "raw" else "JPEG rows decoded to uint8 patches + token ids"
@@ -227,8 +234,9 @@ def vlpipe_pipeline(cache_dir: Path, manifest: Manifest, mode: str, batch_size: 
                     files=files, cold=cold, max_batches=n // batch_size if cold else None)
 
 
-def _epochs(loader: Any, sampler: Any) -> Iterator[Batch]:
-    """Epoch after epoch of one CacheLoader, as the trainer runs it; closing stops its workers."""
+def _epochs(loader: Any, sampler: Any, close_dataset: bool) -> Iterator[Batch]:
+    """Epoch after epoch of one CacheLoader, as the trainer runs it; closing stops its workers (and
+    closes the dataset, with `close_dataset`; its maps go with the last reference to it)."""
     epoch = 0
     try:
         with contextlib.closing(loader):
@@ -243,7 +251,8 @@ def _epochs(loader: Any, sampler: Any) -> Iterator[Batch]:
                     raise RuntimeError("the vlpipe loader delivered an empty epoch; is batch_size > the cache size?")
                 epoch += 1
     finally:
-        loader.dataset.close()
+        if close_dataset:
+            loader.dataset.close()
 
 
 def baseline_pipelines(names: list[str], manifest: Manifest, cache_dir: Path, jpegs: JpegSource,
