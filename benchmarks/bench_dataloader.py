@@ -2,14 +2,16 @@
 
     .venv/bin/python benchmarks/bench_dataloader.py                  # synthetic CC-like shards
     .venv/bin/python benchmarks/bench_dataloader.py --raw RAW_DIR    # your img2dataset output
+    .venv/bin/python benchmarks/bench_dataloader.py --jpeg --cold    # + the JPEG twin, + cold rows
 
 Without --raw it writes 4000 synthetic img2dataset-style samples (4 tar shards of KEY.jpg/.txt/.json)
 that imitate Conceptual Captions as img2dataset stores it, the same recipe as the loader anchors:
 JPEG quality 95, even keys "keep_ratio" (shorter side 256, aspect 2:3 to 1.85:1), odd keys
 "border" (256x256 with black padding), content cut from the photos bundled with scikit-image plus
 gradients, shapes and mild noise, captions of 8-20 words. Then it builds the cache (224 px, patch
-16, max_len 64), runs the benchmark and writes `dataloader.json` and `dataloader.md` (the table,
-the machine, the date and the exact command) into --out. Data and cache are kept in --work and reused.
+16, max_len 64; with --jpeg also its JPEG twin, q95), runs the benchmark and writes `dataloader.json` and
+`dataloader.md` (the table, the machine, the date and the exact command) into --out (`--name` changes
+the file names). Data and caches are kept in --work and reused.
 """
 
 from __future__ import annotations
@@ -132,22 +134,28 @@ def _markdown(report: dict, command: str, started: str, finished: str) -> str:
 
     machine = report["machine"]
     lines = [
-        "| pipeline | workers | samples/s [min-max] | read MB/s | CPU cores | peak RSS MB | PSS MB | x baseline "
-        "| % of ceiling | % of copy bound | % of np.take | other load |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| pipeline | workers | samples/s [min-max] | read B/sample | stored B/sample | read MB/s | % of disk "
+        "| CPU cores | peak RSS MB | PSS MB | x baseline | % of ceiling | % of copy bound | % of np.take | other load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["results"]:
         lines.append(
             f"| {r['pipeline']} | {r['workers']} | **{r['samples_per_s']:,.0f}** [{r['samples_per_s_min']:,.0f}-"
-            f"{r['samples_per_s_max']:,.0f}] | {r['read_mb_per_s']:,.1f} | {r['cpu_cores']:.2f} | "
+            f"{r['samples_per_s_max']:,.0f}] | {r['read_bytes_per_sample']:,} | {r['stored_bytes_per_sample']:,} | "
+            f"{r['read_mb_per_s']:,.1f} | {_percent(r['share_of_disk_read'])} | {r['cpu_cores']:.2f} | "
             f"{r['peak_rss_mb']:,.0f} | {r['pss_mb'] if r['pss_mb'] is not None else '-'} | "
-            f"{r['ratio_to_baseline']:.2f} | {100 * r['share_of_ceiling']:.1f} | "
-            f"{100 * r['share_of_copy_bound']:.1f} | {100 * r['share_of_np_take_ceiling']:.1f} | "
+            f"{r['ratio_to_baseline']:.2f} | {_percent(r['share_of_ceiling'])} | "
+            f"{_percent(r['share_of_copy_bound'])} | {_percent(r['share_of_np_take_ceiling'])} | "
             f"{r['other_load_cores']:.2f} |")
     ceilings, bounds, takes = (
         ", ".join(f"{k.replace('_', ' ')} {v['samples_per_s']:,.0f}/s [{v['min']:,.0f}-{v['max']:,.0f}]"
-                  for k, v in machine[key].items())
+                  for k, v in machine[key].items()) or "not measured"
         for key in ("ceiling", "ceiling_with_consumer_copy", "np_take_ceiling"))
+    disk = machine.get("disk_sequential_read")
+    disk_line = ("" if disk is None else
+                 f"Disk sequential read (same run, cold: {disk['what']}): **{disk['mb_per_s']:,.0f} MB/s** "
+                 f"[{disk['min']:,.0f}-{disk['max']:,.0f}] over {disk['bytes'] / 1e6:,.0f} MB, at most "
+                 f"{100 * disk['cached_share_before']:.1f}% of it cached when a read began.\n")
     versions = ", ".join(f"{k} {v}" for k, v in machine["versions"].items() if v)
     settings = machine["settings"]
     other = [r["other_load_cores"] for r in report["results"]]
@@ -171,11 +179,16 @@ def _markdown(report: dict, command: str, started: str, finished: str) -> str:
         f"Page cache: {machine['page_cache_note']}.", "",
         *lines, "",
         *(f"- `{r['pipeline']}`: {r['description']}" for r in report["results"]), "",
-        f"Random-gather ceiling (same run): **{report['ceiling_samples_per_s']:,.0f} samples/s** ({ceilings}).", "",
+        f"Random-gather ceiling (same run): {ceilings}.", "",
         f"Copy bound (the ceiling's gathers plus the consumer's copy every row pays, same run): {bounds}.", "",
         f"np.take gathers (the method of the team's anchor figures, benchmarks/results/anchors; a reference, "
         f"not a bound, same run): {takes}.", "",
+        disk_line,
     ])
+
+
+def _percent(share: float | None) -> str:
+    return "-" if share is None else f"{100 * share:.1f}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -189,7 +202,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=None, help="default: all usable CPUs")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--cold", action="store_true", help="drop the page cache before every timed run")
+    parser.add_argument("--cold", action="store_true", help="also run every vlpipe row cold (files evicted first)")
+    parser.add_argument("--jpeg", action="store_true", help="also build the JPEG twin (q95) and run its rows")
+    parser.add_argument("--name", default="dataloader", help="result file names: NAME.json, NAME.md")
     parser.add_argument("--modes", default=None, help="comma-separated vlpipe modes (default: all)")
     parser.add_argument("--baselines", default=None, help="comma-separated JPEG loaders (default: all)")
     args = parser.parse_args(argv)
@@ -211,18 +226,25 @@ def main(argv: list[str] | None = None) -> None:
     cache = args.work / f"cache-{raw.name}"
     build_cache(raw, cache, image_size=224, patch_size=16, max_len=64, tokenizer="wordpiece:8000",
                 val_fraction=0.0)
+    jpeg_cache = None
+    if args.jpeg:
+        # The raw cache's tokenizer: both caches then hold the same token rows.
+        jpeg_cache = args.work / f"cache-jpeg-{raw.name}"
+        build_cache(raw, jpeg_cache, image_size=224, patch_size=16, max_len=64, tokenizer=str(cache / "tokenizer.json"),
+                    val_fraction=0.0, codec="jpeg", jpeg_quality=95)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     report = bench_dataloader(cache, source=raw, batch_size=args.batch_size, workers=args.workers,
-                              seconds=args.seconds, rounds=args.rounds, cold=args.cold,
+                              seconds=args.seconds, rounds=args.rounds, cold=args.cold, jpeg_cache=jpeg_cache,
                               modes=_names(args.modes, VLPIPE_MODES), baselines=_names(args.baselines, BASELINES),
                               progress=lambda done, total, label: console.print(f"[{done}/{total}] {label}"))
     finished = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     args.out.mkdir(parents=True, exist_ok=True)
     command = shlex.join([Path(sys.executable).name, "benchmarks/bench_dataloader.py", *(argv or sys.argv[1:])])
-    (args.out / "dataloader.json").write_text(to_json(report) + "\n")
-    (args.out / "dataloader.md").write_text(_markdown(report, command, started, finished))
+    json_path, md_path = args.out / f"{args.name}.json", args.out / f"{args.name}.md"
+    json_path.write_text(to_json(report) + "\n")
+    md_path.write_text(_markdown(report, command, started, finished))
     render(report, Console(width=170))
-    console.print(f"wrote {args.out / 'dataloader.json'} and {args.out / 'dataloader.md'}")
+    console.print(f"wrote {json_path} and {md_path}")
 
 
 def _names(option: str | None, default: tuple[str, ...]) -> list[str]:

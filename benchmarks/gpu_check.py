@@ -1,4 +1,4 @@
-"""Prove the GPU path in one run (issue 20): vlpipe's pretraining step against the seed's architecture
+"""Prove the GPU path in one run: vlpipe's pretraining step against the seed's architecture
 measured beside it, the data-wait share, the CUDA-only tests, exact resume, and nvJPEG.
 
     bash benchmarks/gpu_check.sh                           # on the GPU machine (installs the carried wheels)

@@ -14,7 +14,10 @@ from vlpipe.settings import Settings, setting
 class DataloaderSettings(Settings):
     """What one benchmark run measures and for how long."""
 
-    cache: str = setting(help="vlpipe cache directory (from `vlpipe build-cache`).", min_length=1)
+    cache: str = setting(help="vlpipe cache directory (from `vlpipe build-cache`), raw or JPEG.", min_length=1)
+    jpeg_cache: str | None = setting(None, "The JPEG twin of a raw --cache (`build-cache --codec jpeg` of the same "
+                                     "source): its rows (vlpipe-jpeg-<mode>, decoded by the loader's threads) run in "
+                                     "the same rounds.")
     source: str | None = setting(None, "img2dataset webdataset folder the cache was built from: the baselines read "
                                  "its real JPEGs. Without it, the cache's images are re-encoded as JPEG q95 (an "
                                  "approximation).")
@@ -32,8 +35,9 @@ class DataloaderSettings(Settings):
         "is taken against.", min_length=1)
     max_source_samples: int = setting(DEFAULT_MAX_SOURCE_SAMPLES, "At most this many JPEGs are extracted/re-encoded "
                                       "for the baselines.", ge=1)
-    cold: bool = setting(False, "Drop the page cache before every timed run (needs root; says so when it cannot).",
-                         negatable=False)
+    cold: bool = setting(False, "Also run every vlpipe row cold: its cache files evicted from the page cache "
+                         "(posix_fadvise, no root needed) before every round, one epoch at most, beside the disk's "
+                         "sequential read rate.", negatable=False)
     as_json: bool = setting(False, "Print one JSON object instead of the table.", flag="--json", negatable=False)
 
     @field_validator("baselines")

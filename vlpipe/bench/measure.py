@@ -136,24 +136,28 @@ def _tree_pss(processes: list[psutil.Process]) -> int | None:
     return total
 
 
-def run_round(pipeline: Pipeline, seed: int, seconds: float, warmup: bool = True,
+def run_round(pipeline: Pipeline, seed: int, seconds: float,
               consumer: Callable[[Batch], int] | None = None) -> RoundResult:
     """Open a fresh iterator, pull the untimed warm-up batches, then consume for `seconds`.
 
-    `consumer` (batch -> samples in it) replaces the staging copy, e.g. to see what it costs.
+    A cold row has no warm-up (its first batches, start-up included, are what a first epoch costs)
+    and stops after `pipeline.max_batches`. `consumer` (batch -> samples in it) replaces the
+    staging copy, e.g. to see what it costs.
     """
     consume = BatchConsumer() if consumer is None else consumer
+    limit = pipeline.max_batches
     batches: Iterator[Batch] = pipeline.open(seed)
     with contextlib.closing(batches):  # type: ignore[type-var]
-        for _ in range(pipeline.warmup_batches if warmup else 0):
+        for _ in range(pipeline.warmup_batches):
             consume(next(batches))
-        samples = 0
+        samples = taken = 0
         with TreeMonitor() as monitor:
             start = time.perf_counter()
             deadline = start + seconds
             now = start
-            while now < deadline:
+            while now < deadline and (limit is None or taken < limit):
                 samples += consume(next(batches))
+                taken += 1
                 now = time.perf_counter()
             elapsed = now - start
     other = max(0.0, monitor.busy - monitor.cpu_seconds) / elapsed

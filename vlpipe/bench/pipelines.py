@@ -1,8 +1,11 @@
 """The loaders under test, each as a factory of fresh, endless batch iterators.
 
 Four families, all delivering what a training step consumes:
-- `vlpipe-<mode>`: vlpipe's CacheLoader over the memory-mapped cache (uint8 patches + token ids),
-  exactly as the trainer receives them; the model normalizes on the device.
+- `vlpipe-<mode>` (raw cache) and `vlpipe-jpeg-<mode>` (JPEG cache, decoded by the loader's threads):
+  vlpipe's CacheLoader (uint8 patches + token ids), exactly as the trainer receives them; the model
+  normalizes on the device. `-cold` rows read the same cache with its files evicted from the page
+  cache before every round, through pread as a cache larger than RAM is read, for one epoch at most
+  (past it they would read pages they brought in themselves).
 - `torchvision-uint8` (the baseline every ratio is taken against) and `torchvision-float`: a
   standard torchvision-style map-style Dataset over loose JPEG files: per sample PIL open +
   convert("RGB"), shorter side to 256 bicubic, center crop 224, caption tokenized with the cache's
@@ -25,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import io
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +60,13 @@ class Pipeline:
     # Untimed batches after opening, so worker start-up and first faults stay out of a warm figure.
     warmup_batches: int
     open: Callable[[int], Iterator[Batch]]
+    # What the data occupy on disk per sample (every file of the cache or data set).
+    stored_bytes_per_sample: float = 0.0
+    # The files it reads: a cold row has them evicted before every round, a warm row re-read.
+    files: list[Path] = field(default_factory=list)
+    cold: bool = False
+    # Batches after which a timed window ends early (a cold row's one epoch); None: `seconds` only.
+    max_batches: int | None = None
 
 
 class JpegTransform:
@@ -155,7 +165,7 @@ def files_pipeline(name: str, description: str, paths: list[Path], captions: lis
         return _drain(DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                                  drop_last=True))
 
-    return Pipeline(name, description, workers, bytes_per_sample, 3, open_)
+    return Pipeline(name, description, workers, bytes_per_sample, 3, open_, stored_bytes_per_sample=bytes_per_sample)
 
 
 def webdataset_pipeline(source: JpegSource, transform: JpegTransform, batch_size: int, workers: int) -> Pipeline:
@@ -172,46 +182,77 @@ def webdataset_pipeline(source: JpegSource, transform: JpegTransform, batch_size
         return _drain(DataLoader(dataset, batch_size=batch_size, num_workers=workers, drop_last=True))
 
     return Pipeline("webdataset", "tar shards -> the torchvision-uint8 row's per-sample work; torch DataLoader",
-                    workers, source.shard_bytes_per_sample, 3, open_)
+                    workers, source.shard_bytes_per_sample, 3, open_, stored_bytes_per_sample=source.shard_bytes_per_sample)
 
 
-def vlpipe_pipeline(cache_dir: Path, manifest: Manifest, mode: str, batch_size: int, workers: int) -> Pipeline:
+def vlpipe_pipeline(cache_dir: Path, manifest: Manifest, mode: str, batch_size: int, workers: int,
+                    cold: bool = False, keep_open: bool = True) -> Pipeline:
+    """The CacheLoader row of one cache (raw or JPEG) and reader mode; `cold`: see the module docstring.
+
+    `keep_open`: a warm row opens its dataset once and keeps it over all windows, as training keeps
+    it over its epochs (after the first, nothing faults again). A run with cold rows needs warm rows
+    to let go of their maps after each window instead, because pages a live map holds cannot be
+    evicted; cold rows always do.
+    """
     from vlpipe.cache import CacheDataset, CacheLoader, CacheSampler
 
-    dataset = CacheDataset(cache_dir, split=None)
+    image, n = manifest.image, manifest.num_samples
     text_bytes = np.dtype(manifest.text.dtype).itemsize * manifest.text.max_len + 2  # tokens + lengths rows
-    row_bytes = manifest.image.num_patches * manifest.image.patch_dim + text_bytes
+    if image.codec == "jpeg":
+        # One JPEG and its end offset per sample (the mean over the cache, .npy headers included).
+        image_bytes = sum(s.files[k].bytes for s in manifest.shards for k in image.files) / n
+    else:
+        image_bytes = image.num_patches * image.patch_dim
+    kinds = (*image.files, "tokens", "lengths")
+    files = [shard.path(cache_dir, kind) for shard in manifest.shards for kind in kinds]
+    stored = sum(entry.bytes for shard in manifest.shards for entry in shard.files.values()) / n
     # Equal cores: `threads` mode's consuming thread gathers too while it waits for a batch, so
     # workers - 1 background threads make as many gathering threads as the DataLoader has worker
     # processes (one more thread than cores measured ~12% slower on the 2-core machine).
     mode_workers = max(1, workers - 1) if mode == "threads" else 0
     helpers = " + the consuming thread" if mode == "threads" else ""
+    # Cold rows read as a cache larger than RAM is read (pread, nothing kept mapped): the only case
+    # in which a cache is read from disk in training.
+    resident_limit = 1 if cold else None
+
+    kept = CacheDataset(cache_dir, split=None) if keep_open and not cold else None
 
     def open_(seed: int) -> Iterator[Batch]:
+        dataset = kept if kept is not None else CacheDataset(cache_dir, split=None, resident_limit=resident_limit)
         sampler = CacheSampler(len(dataset), shuffle=True, seed=seed)
         loader = CacheLoader(dataset, batch_size=batch_size, sampler=sampler, mode=mode,
                              workers=mode_workers, pin_memory=False, drop_last=True)
-        return _epochs(loader, sampler)
+        return _epochs(loader, sampler, close_dataset=kept is None)
 
-    return Pipeline(f"vlpipe-{mode}", f"vlpipe CacheLoader mode={mode} ({mode_workers} worker(s){helpers}): "
-                    "uint8 patches + token ids",
-                    mode_workers, float(row_bytes), 10, open_)
+    codec = "" if image.codec == "raw" else "-jpeg"
+    what = "uint8 patches + token ids" if image.codec == "raw" else "JPEG rows decoded to uint8 patches + token ids"
+    description = f"vlpipe CacheLoader mode={mode} ({mode_workers} worker(s){helpers}): {what}"
+    if cold:
+        description += "; cold: files evicted before each round, pread, one epoch at most"
+    return Pipeline(f"vlpipe{codec}-{mode}{'-cold' if cold else ''}", description, mode_workers,
+                    image_bytes + text_bytes, 0 if cold else 10, open_, stored_bytes_per_sample=stored,
+                    files=files, cold=cold, max_batches=n // batch_size if cold else None)
 
 
-def _epochs(loader: Any, sampler: Any) -> Iterator[Batch]:
-    """Epoch after epoch of one CacheLoader, as the trainer runs it; closing stops its workers."""
+def _epochs(loader: Any, sampler: Any, close_dataset: bool) -> Iterator[Batch]:
+    """Epoch after epoch of one CacheLoader, as the trainer runs it; closing stops its workers (and
+    closes the dataset, with `close_dataset`; its maps go with the last reference to it)."""
     epoch = 0
-    with contextlib.closing(loader):
-        while True:
-            sampler.set_epoch(epoch)
-            delivered = 0
-            with contextlib.closing(_drain(loader)) as batches:
-                for batch in batches:
-                    delivered += 1
-                    yield batch
-            if delivered == 0:
-                raise RuntimeError("the vlpipe loader delivered an empty epoch; is batch_size > the cache size?")
-            epoch += 1
+    try:
+        with contextlib.closing(loader):
+            while True:
+                sampler.set_epoch(epoch)
+                delivered = 0
+                with contextlib.closing(_drain(loader)) as batches:
+                    for batch in batches:
+                        delivered += 1
+                        yield batch
+                if delivered == 0:
+                    raise RuntimeError("the vlpipe loader delivered an empty epoch; is batch_size > the cache size?")
+                epoch += 1
+    finally:
+        if close_dataset:
+            loader.dataset.close()
 
 
 def baseline_pipelines(names: list[str], manifest: Manifest, cache_dir: Path, jpegs: JpegSource,

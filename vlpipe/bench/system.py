@@ -1,13 +1,15 @@
-"""The machine a benchmark ran on, and control of the page cache (warm it, or drop it for --cold).
+"""The machine a benchmark ran on, and control of the page cache (warm files, or evict them for cold rows).
 
 Loader figures mean little without the CPU, core count, memory and library versions next to them,
-and "warm" or "cold" must be a fact of the run rather than an assumption: warm runs read every
-file once beforehand, cold runs drop the kernel's page cache where the OS allows it and say
-plainly when it does not.
+and "warm" or "cold" must be a fact of the run rather than an assumption: warm rows read every
+file once beforehand; cold rows have their files evicted (posix_fadvise, no root needed), and the
+share of pages still cached afterwards is measured (mincore) and reported, not assumed to be 0.
 """
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
 import platform
 import shlex
@@ -18,28 +20,72 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psutil
 
-DROP_CACHES_FILE = "/proc/sys/vm/drop_caches"
 _BUSY_FIELDS = ("user", "nice", "system", "irq", "softirq", "steal")
 _VERSIONED = ("vlpipe", "torch", "numpy", "pillow", "tokenizers", "webdataset", "pyarrow", "psutil")
 _READ_CHUNK = 8 << 20
 
 
-def drop_page_cache(control_file: str = DROP_CACHES_FILE) -> tuple[bool, str]:
-    """`sync; echo 3 > drop_caches`. Returns (dropped, what happened) instead of raising.
+def evict_files(paths: Iterable[Path]) -> None:
+    """Ask the kernel to drop these files' pages from the page cache: posix_fadvise(POSIX_FADV_DONTNEED).
 
-    Only root on a kernel that exposes the control file may do this; containers often mount
-    /proc/sys read-only. A benchmark that cannot go cold still runs and reports it honestly.
+    Unlike writing to /proc/sys/vm/drop_caches this needs no root and touches only the benchmark's
+    own files. It is advice: pages some process still has mapped stay, which is why a cold run
+    checks with `resident_share` afterwards instead of assuming.
     """
-    os.sync()
-    try:
-        with open(control_file, "w") as fh:
-            fh.write("3\n")
-    except OSError as exc:
-        return False, (f"could not drop the page cache ({control_file}: {exc.strerror or exc}); "
-                       "figures are NOT cold: rerun as root on a host that allows it")
-    return True, f"page cache dropped ({control_file}) before every timed loader run"
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fdatasync(fd)  # dirty pages (a cache just built) cannot be dropped until written back
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def resident_share(paths: Iterable[Path]) -> float:
+    """The share of these files' pages that sit in the page cache now (mincore over a fresh map).
+
+    Mapping a file reads none of it, so asking does not change the answer.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte))
+    resident = total = 0
+    for path in paths:
+        size = Path(path).stat().st_size
+        if size == 0:
+            continue
+        pages = -(-size // mmap.PAGESIZE)
+        vector = (ctypes.c_ubyte * pages)()
+        mapped = np.memmap(path, dtype=np.uint8, mode="r")
+        try:
+            if libc.mincore(ctypes.c_void_p(mapped.ctypes.data), size, vector) != 0:
+                raise OSError(ctypes.get_errno(), f"mincore failed on {path}")
+        finally:
+            del mapped
+        resident += int((np.frombuffer(vector, np.uint8) & 1).sum())
+        total += pages
+    return resident / total if total else 0.0
+
+
+def sequential_read_rate(paths: Iterable[Path]) -> tuple[float, float]:
+    """Bytes/s of reading these files front to back straight after evicting them, and the share of
+    their pages that were still cached when the read began (0 means the figure is the disk's).
+
+    The physical limit of a cold cache: no loader reads a file from disk faster than this.
+    """
+    files = [Path(p) for p in paths]
+    evict_files(files)
+    left = resident_share(files)
+    total = 0
+    start = time.perf_counter()
+    for path in files:
+        with open(path, "rb", buffering=0) as fh:
+            os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            while chunk := fh.read(_READ_CHUNK):
+                total += len(chunk)
+    return total / (time.perf_counter() - start), left
 
 
 def warm_files(paths: Iterable[Path]) -> tuple[bool, str]:

@@ -19,7 +19,7 @@ def bench() -> None:
 @bench.command(short_help="vlpipe's reader vs the JPEG-decoding loaders, interleaved.")
 @cli_options(DataloaderSettings)
 def dataloader(config_file: str | None, **flags: Any) -> None:
-    """Samples/s, MB/s, CPU and memory of vlpipe's reader vs torchvision-style, seed-recipe and webdataset loaders.
+    """Samples/s, bytes, CPU and memory of vlpipe's reader vs torchvision-style, seed-recipe and webdataset loaders.
 
     All pipelines and the random-gather memory ceiling run interleaved in one process, so the
     ratios are fair on a noisy machine; absolute figures want a quiet one.
@@ -27,7 +27,7 @@ def dataloader(config_file: str | None, **flags: Any) -> None:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from vlpipe.bench.dataloader import bench_dataloader
+    from vlpipe.bench.dataloader import COLD_RESIDENT_WARNING, bench_dataloader
     from vlpipe.bench.table import render, to_json
 
     settings = load_settings(DataloaderSettings, config_file, flags, table="bench")
@@ -45,6 +45,7 @@ def dataloader(config_file: str | None, **flags: Any) -> None:
             settings.cache, source=settings.source, batch_size=settings.batch_size, workers=settings.workers,
             seconds=settings.seconds, rounds=settings.rounds, cold=settings.cold, modes=settings.modes,
             baselines=settings.baselines, max_source_samples=settings.max_source_samples, progress=on_step,
+            jpeg_cache=settings.jpeg_cache,
         )
     if settings.as_json:
         click.echo(to_json(report))
@@ -52,5 +53,5 @@ def dataloader(config_file: str | None, **flags: Any) -> None:
         out = Console()
         # Piped into a file, rich would wrap the table at 80 columns; a log wants it whole.
         render(report, out if out.is_terminal else Console(width=170))
-    if settings.cold and report["machine"]["page_cache"] != "cold":
+    if any((row["cached_share_after_evict"] or 0) > COLD_RESIDENT_WARNING for row in report["results"]):
         err.print(f"[yellow]warning:[/yellow] {report['machine']['page_cache_note']}")
