@@ -3,6 +3,7 @@
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -61,6 +62,22 @@ def test_single_process_without_torchrun(monkeypatch):
     assert info == DistInfo() and info.is_main and not info.enabled and device.type == "cpu"
 
 
+def _torchrun_two(worker: str, tmp_path: Path) -> Path:
+    """Run `worker` (a script's source) under torchrun with 2 CPU processes on tmp_path/cache, writing
+    tmp_path/run; returns the folder where the workers record what each rank saw."""
+    script = tmp_path / "worker.py"
+    script.write_text(worker)
+    record = tmp_path / "record"
+    record.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script),
+         str(tmp_path / "cache"), str(tmp_path / "run"), str(record)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return record
+
+
 @pytest.mark.slow
 def test_two_cpu_processes_shard_data_and_stay_identical(tmp_path):
     import json
@@ -71,16 +88,7 @@ def test_two_cpu_processes_shard_data_and_stay_identical(tmp_path):
     captions = make_dataset(tmp_path / "src", n=40, seed=1, image_size=32)
     build_cache(captions, tmp_path / "cache", image_size=32, patch_size=8, max_len=16, tokenizer="wordpiece:200",
                 val_fraction=0.1, processes=1, quiet=True)
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    record = tmp_path / "record"
-    record.mkdir()
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script),
-         str(tmp_path / "cache"), str(tmp_path / "run"), str(record)],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = _torchrun_two(WORKER, tmp_path)
     seen = [set(json.loads((record / f"indices{r}.json").read_text())) for r in (0, 1)]
     assert len(seen[0]) == len(seen[1]) == 6 and not seen[0] & seen[1]
     w0, w1 = (load_file(record / f"weights{r}.safetensors") for r in (0, 1))
@@ -112,16 +120,7 @@ def test_finetuning_runs_ddp_too(tmp_path):
     (tmp_path / "labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     build_cache(tmp_path / "labels.jsonl", tmp_path / "cache", image_size=16, patch_size=8, max_len=8,
                 tokenizer="wordpiece:60", label_column="label", val_fraction=0.2, processes=1, quiet=True)
-    script = tmp_path / "worker.py"
-    script.write_text(FINETUNE_WORKER)
-    record = tmp_path / "record"
-    record.mkdir()
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script),
-         str(tmp_path / "cache"), str(tmp_path / "run"), str(record)],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = _torchrun_two(FINETUNE_WORKER, tmp_path)
     results = [json.loads((record / f"result{r}.json").read_text()) for r in (0, 1)]
     per_epoch = len(results[0]["seen"]) // 2  # 2 epochs
     seen = [{i for step in r["seen"][:per_epoch] for i in step} for r in results]

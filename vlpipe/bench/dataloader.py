@@ -4,7 +4,8 @@ Rounds go ceiling, A, B, C, ceiling, A, B, C, ... so slow phases of a shared mac
 all rows instead of hitting one; each row reports the median over rounds with its min-max.
 With a JPEG twin of the cache (`jpeg_cache`) both codecs run in the same rounds; with `cold`, every
 vlpipe row also runs cold (its files evicted before each round), beside the disk's own sequential
-read rate, measured every round on the raw cache's image files: the physical limit of a cold read.
+read rate, measured every round on the raw cache's image files by one reader: the yardstick of a cold
+read (several reads in flight can beat it).
 """
 
 from __future__ import annotations
