@@ -210,6 +210,17 @@ def test_existing_output_rules(tmp_path):
     rebuilt = build_cache(src, out, processes=1, overwrite=True, **{**OPTS, "image_size": 64})
     assert rebuilt.image.image_size == 64 and load_manifest(out).image.num_patches == 64
 
+    # A cache built before the JPEG codec existed records no codec or quality: rerunning its build is
+    # the same build (nothing to do), while asking for JPEG is not.
+    manifest = json.loads((out / "manifest.json").read_text())
+    for key in ("codec", "jpeg_quality"):
+        del manifest["provenance"]["options"][key]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    created = manifest["provenance"]["created"]
+    assert build_cache(src, out, processes=1, **{**OPTS, "image_size": 64}).provenance["created"] == created
+    with pytest.raises(VlpipeError, match=r"other options \(codec .*'jpeg'"):
+        build_cache(src, out, processes=1, codec="jpeg", **{**OPTS, "image_size": 64})
+
     other = tmp_path / "other"
     other.mkdir()
     (other / "thesis.tex").write_text("precious")

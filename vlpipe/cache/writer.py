@@ -183,7 +183,7 @@ def _prepare_output(out: Path, record: dict[str, Any], overwrite: bool) -> Manif
     if previous is None or previous.get("format") not in (FORMAT_NAME, BUILD_FORMAT):
         raise VlpipeError(f"{out}: not empty and not a vlpipe cache; choose another --out or empty it")
     prov = previous.get("provenance", previous)
-    same = prov.get("options") == record["options"] and prov.get("source") == record["source"]
+    same = _comparable(prov.get("options")) == _comparable(record["options"]) and prov.get("source") == record["source"]
     if not same and not overwrite:
         what = "a cache" if (out / MANIFEST).exists() else "an unfinished build"
         raise VlpipeError(f"{out}: holds {what} of {prov.get('source')} with other options "
@@ -195,6 +195,17 @@ def _prepare_output(out: Path, record: dict[str, Any], overwrite: bool) -> Manif
     if (out / MANIFEST).exists():
         return load_manifest(out)
     return None
+
+
+def _comparable(options: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Build options as they decide the output: a build recorded before the JPEG codec existed (format
+    version 1, no `codec`) is a raw build, and a raw build's JPEG quality decides nothing."""
+    if options is None:
+        return None
+    options = {"codec": "raw", **options}
+    if options["codec"] == "raw":
+        options.pop("jpeg_quality", None)
+    return options
 
 
 def option_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
