@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU machine's command for benchmarks/gpu_check.py (issue 20), run from the repository root. That
+# The GPU machine's command for benchmarks/gpu_check.py, run from the repository root. That
 # machine's python3 has torch, torchvision, timm, transformers and pytest but not all of vlpipe's
 # dependencies: the missing ones travel as wheels in .whl/ (git-ignored; which ones and how to fetch
 # them: benchmarks/README.md) and are installed into /tmp/site first. Results go to $OUT.
