@@ -300,7 +300,7 @@ def _summarize(pipelines: list[Pipeline], measured: _Measured, ceiling: float | 
             "read_mb_per_s": round(read_rate / 1e6, 1),
             "read_bytes_per_sample": round(pipeline.read_bytes_per_sample),
             "stored_bytes_per_sample": round(pipeline.stored_bytes_per_sample),
-            # Cold rows: their read rate over the disk's sequential one (random rows cannot beat it).
+            # Cold rows: their read rate over one reader's sequential rate (several reads in flight can beat it).
             "share_of_disk_read": _share(read_rate, disk) if pipeline.cold else None,
             "cached_share_after_evict": (round(max(measured.left_cached[pipeline.name]), 4)
                                          if pipeline.cold else None),
