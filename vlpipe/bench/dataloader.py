@@ -29,11 +29,11 @@ from vlpipe.bench.system import (
     machine_info,
     resident_share,
     sequential_read_rate,
-    usable_cpus,
     warm_files,
 )
 from vlpipe.cache.format import Manifest, load_manifest
 from vlpipe.errors import VlpipeError
+from vlpipe.utils.cpus import usable_cpus
 
 Progress = Callable[[int, int, str], None]
 # The gather-only series measured every round, in this order: name -> (consumer copy, gather method).

@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import psutil
 
+from vlpipe.utils.cpus import usable_cpus  # the count training sizes its threads by
+
 _BUSY_FIELDS = ("user", "nice", "system", "irq", "softirq", "steal")
 _VERSIONED = ("vlpipe", "torch", "numpy", "pillow", "tokenizers", "webdataset", "pyarrow", "psutil")
 _READ_CHUNK = 8 << 20
@@ -136,13 +138,6 @@ def machine_info() -> dict[str, Any]:
         "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         "versions": {name: _version(name) for name in _VERSIONED},
     }
-
-
-def usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def busy_cpu_seconds() -> float:
