@@ -7,7 +7,7 @@ from PIL import Image
 
 from vlpipe.errors import VlpipeError
 from vlpipe.train.metrics_log import MetricsWriter, read_metrics
-from vlpipe.train.plots import chance_levels, plot_run, run_figures
+from vlpipe.train.plots import plot_run, pretraining_chance, run_figures
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
@@ -43,7 +43,7 @@ def test_plot_run_writes_pngs_per_task(tmp_path):
 
 
 def test_every_axis_is_labelled_in_words_with_the_task_spelled_out_and_a_chance_line(tmp_path):
-    figures = dict(run_figures(_pretrain_records(tmp_path), chance_levels(DEMO_CONFIG), plt))
+    figures = dict(run_figures(_pretrain_records(tmp_path), pretraining_chance(DEMO_CONFIG), plt))
     try:
         assert sorted(figures) == ["ap.png", "loss.png", "mim.png", "mlm.png"]
         spelled = {"mlm.png": "masked language modelling", "ap.png": "alignment prediction",
@@ -71,7 +71,7 @@ def test_every_axis_is_labelled_in_words_with_the_task_spelled_out_and_a_chance_
 
 
 def test_without_config_only_the_alignment_chance_is_drawn_and_a_damaged_config_is_named(tmp_path):
-    assert set(chance_levels({})) == {"ap"}
+    assert set(pretraining_chance({})) == {"ap"}
     _pretrain_records(tmp_path)
     assert sorted(p.name for p in plot_run(tmp_path)) == ["ap.png", "loss.png", "mim.png", "mlm.png"]
     (tmp_path / "config.json").write_text("{not json")

@@ -56,7 +56,7 @@ def plot_run(run_dir: str | os.PathLike[str]) -> list[Path]:
     records = read_metrics(metrics)
     if not records:
         raise VlpipeError(f"{metrics} has no records yet")
-    figures = run_figures(records, chance_levels(_read_config(run / CONFIG_FILE)), plt)
+    figures = run_figures(records, pretraining_chance(_read_config(run / CONFIG_FILE)), plt)
     out_dir = run / PLOTS_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -70,7 +70,7 @@ def plot_run(run_dir: str | os.PathLike[str]) -> list[Path]:
     return written
 
 
-def chance_levels(config: dict[str, Any]) -> dict[str, tuple[float, str]]:
+def pretraining_chance(config: dict[str, Any]) -> dict[str, tuple[float, str]]:
     """What guessing scores on each accuracy, with the reason shown in the legend.
 
     AP: half of the pairs get another sample's caption. MLM: a uniform guess over the vocabulary
