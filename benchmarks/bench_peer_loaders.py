@@ -327,7 +327,14 @@ def main(argv: list[str] | None = None) -> None:
     from vlpipe.bench.jpeg_files import prepare_source
     from vlpipe.bench.measure import run_round
     from vlpipe.bench.pipelines import baseline_pipelines, vlpipe_pipeline
-    from vlpipe.bench.system import HostLoad, machine_info, script_record, utc_now, warm_files
+    from vlpipe.bench.system import (
+        HostLoad,
+        machine_info,
+        package_version,
+        script_record,
+        utc_now,
+        warm_files,
+    )
     from vlpipe.cache.format import load_manifest
     from vlpipe.cache.writer import build_cache
 
@@ -406,20 +413,11 @@ def main(argv: list[str] | None = None) -> None:
             "other_load_cores": round(max(r.other_load_cores for r in results), 2),
         })
     record["skipped"] = skipped
-    record["versions"] = {name: _version(name) for name in PEERS}
+    record["versions"] = {name: package_version(name) for name in PEERS}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(record, indent=2) + "\n")
     print(_markdown(record), file=sys.stderr)
     print(f"wrote {args.json}", file=sys.stderr)
-
-
-def _version(package: str) -> str | None:
-    from importlib import metadata
-
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def _markdown(record: dict[str, Any]) -> str:
